@@ -1,0 +1,130 @@
+"""Camera conventions, orbit poses, intrinsics and rays.
+
+Conventions (fixed by the InstantMesh checkpoints; see DESIGN.md):
+
+- World is z up; cameras look at the origin.
+- A pose is an OpenGL camera-to-world matrix: camera x right, y up, looking along its -z axis.
+- Intrinsics are normalised by the image size: fx = fy = 0.5 / tan(fov / 2), principal point (0.5, 0.5).
+- The encoder's 16-d camera vector is the first three rows of the 4x4 pose flattened row-major (12 numbers)
+  followed by fx, fy, cx, cy.
+- A render camera is 25 numbers: the 4x4 pose row-major (16) and the 3x3 normalised intrinsics (9).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Zero123++ v1.2 multiview layout that the official checkpoints were trained on.
+ZERO123PP_AZIMUTHS = (30.0, 90.0, 150.0, 210.0, 270.0, 330.0)
+ZERO123PP_ELEVATIONS = (20.0, -10.0, 20.0, -10.0, 20.0, -10.0)
+ZERO123PP_RADIUS = 4.0
+ZERO123PP_FOV = 30.0  # vertical field of view, degrees
+# The reference's 4-view mode keeps these views of the six (run.py, --view 4).
+FOUR_VIEW_SUBSET = (0, 2, 4, 5)
+
+
+def look_at_origin(positions: Tensor) -> Tensor:
+    """OpenGL camera-to-world matrices for cameras at `positions` (N, 3) looking at the origin, z up -> (N, 4, 4)."""
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=positions.dtype, device=positions.device).expand_as(positions)
+    back = F.normalize(positions, dim=-1)  # camera +z points away from the target
+    right = F.normalize(torch.linalg.cross(up, back, dim=-1), dim=-1)
+    cam_up = F.normalize(torch.linalg.cross(back, right, dim=-1), dim=-1)
+    c2w = torch.zeros(positions.shape[0], 4, 4, dtype=positions.dtype, device=positions.device)
+    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, cam_up, back, positions
+    c2w[:, 3, 3] = 1.0
+    return c2w
+
+
+def spherical_positions(azimuths_deg: Sequence[float] | Tensor, elevations_deg: Sequence[float] | Tensor,
+                        radius: float) -> Tensor:
+    """Points r * (cos el cos az, cos el sin az, sin el), computed in float64 then cast to float32 -> (N, 3).
+
+    float64 first matches the reference (numpy), so the cameras are the same float32 numbers bit for bit.
+    """
+    az = torch.deg2rad(torch.as_tensor(azimuths_deg, dtype=torch.float64))
+    el = torch.deg2rad(torch.as_tensor(elevations_deg, dtype=torch.float64))
+    xyz = torch.stack([torch.cos(el) * torch.cos(az), torch.cos(el) * torch.sin(az), torch.sin(el)], dim=-1)
+    return (radius * xyz).float()
+
+
+def orbit_poses(azimuths_deg: Sequence[float] | Tensor, elevations_deg: Sequence[float] | Tensor,
+                radius: float) -> Tensor:
+    """Camera-to-world poses on a sphere of `radius`, looking at the origin -> (N, 4, 4)."""
+    return look_at_origin(spherical_positions(azimuths_deg, elevations_deg, radius))
+
+
+def turntable_poses(num_frames: int, radius: float, elevation_deg: float = 20.0) -> Tensor:
+    """`num_frames` poses evenly spaced in azimuth from 0 degrees, at one elevation -> (N, 4, 4)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    azimuths = [360.0 * i / num_frames for i in range(num_frames)]
+    return orbit_poses(azimuths, [elevation_deg] * num_frames, radius)
+
+
+def focal_from_fov(fov_deg: float) -> float:
+    """Normalised focal length of a camera with this field of view (degrees)."""
+    return 0.5 / math.tan(math.radians(fov_deg) / 2)
+
+
+def intrinsics_matrix(fov_deg: float) -> Tensor:
+    """Normalised 3x3 intrinsics for a centred principal point -> (3, 3) float32."""
+    f = focal_from_fov(fov_deg)
+    return torch.tensor([[f, 0.0, 0.5], [0.0, f, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+def encoder_cameras(c2w: Tensor, fov_deg: float = ZERO123PP_FOV) -> Tensor:
+    """The 16-d camera vectors the encoder is conditioned on: (N, 4, 4) -> (N, 16)."""
+    k = intrinsics_matrix(fov_deg).to(c2w)
+    fx_fy_cx_cy = torch.stack([k[0, 0], k[1, 1], k[0, 2], k[1, 2]]).expand(c2w.shape[0], 4)
+    return torch.cat([c2w[:, :3, :].reshape(-1, 12), fx_fy_cx_cy], dim=-1)
+
+
+def render_cameras(c2w: Tensor, fov_deg: float = ZERO123PP_FOV) -> Tensor:
+    """The 25-d render cameras of the NeRF synthesizer: (N, 4, 4) -> (N, 25)."""
+    k = intrinsics_matrix(fov_deg).to(c2w).reshape(1, 9).expand(c2w.shape[0], 9)
+    return torch.cat([c2w.reshape(-1, 16), k], dim=-1)
+
+
+def zero123pp_cameras(radius: float = ZERO123PP_RADIUS, views: Sequence[int] | None = None) -> Tensor:
+    """Encoder cameras of the Zero123++ six-view layout (or a subset of its views) -> (V, 16)."""
+    poses = orbit_poses(ZERO123PP_AZIMUTHS, ZERO123PP_ELEVATIONS, radius)
+    cameras = encoder_cameras(poses)
+    return cameras if views is None else cameras[list(views)]
+
+
+def pixel_rays(render_cameras_25: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+    """Ray origins and unit directions through pixel centres of a square image.
+
+    Pixel (row r, column c) is the ray through normalised image point ((c + 0.5) / S, (r + 0.5) / S), row 0
+    at the top; ray index r * S + c. In the OpenGL camera frame that point lifts to
+    ((u - cx) / fx, -(v - cy) / fy, -1) (the image's v axis points down, the camera's y up).
+
+    Args:
+        render_cameras_25: (N, 25) poses and normalised intrinsics.
+        resolution: S.
+    Returns:
+        origins, directions: (N, S*S, 3) each.
+    """
+    n = render_cameras_25.shape[0]
+    c2w = render_cameras_25[:, :16].reshape(n, 4, 4)
+    k = render_cameras_25[:, 16:25].reshape(n, 3, 3)
+    dtype, device = c2w.dtype, c2w.device
+    idx = torch.arange(resolution, dtype=dtype, device=device)
+    v, u = torch.meshgrid(idx, idx, indexing="ij")  # (S, S): row, column
+    u = (u.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)  # (1, S*S)
+    v = (v.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)
+    fx, fy = k[:, 0, 0, None], k[:, 1, 1, None]
+    cx, cy, skew = k[:, 0, 2, None], k[:, 1, 2, None], k[:, 0, 1, None]
+    x = (u - cx + cy * skew / fy - skew * v / fy) / fx  # (N, S*S)
+    y = (v - cy) / fy
+    # OpenCV-style lift (x right, y down, z forward), then flip y and z into the OpenGL camera frame.
+    cam = torch.stack([x, -y, -torch.ones_like(x)], dim=-1)  # (N, S*S, 3)
+    origins = c2w[:, None, :3, 3].expand(n, resolution * resolution, 3)
+    world_points = cam @ c2w[:, :3, :3].transpose(1, 2) + origins
+    directions = F.normalize(world_points - origins, dim=-1)
+    return origins.contiguous(), directions

@@ -1,0 +1,201 @@
+"""Typed model configuration, the presets, and reading the reference's YAML format.
+
+One dataclass per component, each field documented. `ModelConfig.from_dict` rejects unknown keys, so a typo
+in a YAML override is an error instead of a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class EncoderConfig:
+    """The camera-modulated ViT image encoder (DINO ViT-B/16 in the released models)."""
+
+    hidden_size: int = 768  # token width
+    num_layers: int = 12  # transformer blocks
+    num_heads: int = 12  # attention heads
+    intermediate_size: int = 3072  # MLP hidden width
+    patch_size: int = 16  # square patches, pixels
+    image_size: int = 224  # the position-embedding grid is image_size / patch_size on a side
+    layer_norm_eps: float = 1e-12  # HF ViT default, kept by the checkpoints
+    qkv_bias: bool = True  # biases on the query/key/value projections
+    camera_dim: int = 16  # 12 pose numbers + 4 intrinsics (see cameras.py)
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel input normalisation
+    image_std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class TransformerConfig:
+    """The triplane transformer: learned plane tokens attend to the image tokens."""
+
+    dim: int = 1024  # token width
+    num_layers: int = 16  # blocks of cross-attention, self-attention, MLP
+    num_heads: int = 16  # attention heads
+    low_res: int = 32  # tokens per plane side; the deconvolution doubles it
+    triplane_dim: int = 80  # channels of each output plane
+    mlp_ratio: float = 4.0  # MLP hidden width / dim
+
+    @property
+    def high_res(self) -> int:
+        """Texels per plane side after the stride-2 transposed convolution."""
+        return 2 * self.low_res
+
+
+@dataclass
+class SynthesizerConfig:
+    """How triplane features become a field: NeRF density + colour, or SDF mesh (FlexiCubes)."""
+
+    kind: Literal["mesh", "nerf"] = "mesh"
+    hidden_dim: int = 64  # width of the decoder MLPs
+    num_layers: int = 4  # linear layers per decoder MLP
+    samples_per_ray: int = 128  # NeRF: half coarse (stratified), half importance
+    box_warp: float = 2.0  # side of the box the planes span; points are scaled by 2 / box_warp
+    grid_res: int = 128  # mesh: FlexiCubes cubes per side
+    grid_scale: float = 2.1  # mesh: side of the FlexiCubes grid (spans +-grid_scale / 2)
+    mesh_resolution: int = 256  # nerf: marching-cubes grid points per side
+    mesh_threshold: float = 10.0  # nerf: density iso-level of the extracted surface
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    synthesizer: SynthesizerConfig = field(default_factory=SynthesizerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _build(cls, data, "model")
+
+
+def _build(cls: type, data: dict[str, Any], where: str):
+    """Instantiate a (nested) config dataclass from a dict, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            values[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def _preset(kind: str, layers: int, triplane_dim: int, samples: int) -> ModelConfig:
+    return ModelConfig(
+        transformer=TransformerConfig(num_layers=layers, triplane_dim=triplane_dim),
+        synthesizer=SynthesizerConfig(kind=kind, samples_per_ray=samples),
+    )
+
+
+def _tiny(kind: str) -> ModelConfig:
+    """The dimensions of the parity fixture (tests/fixtures/instantmesh-tiny): runs in a second on a CPU."""
+    return ModelConfig(
+        encoder=EncoderConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+        transformer=TransformerConfig(dim=64, num_layers=2, num_heads=4, low_res=8, triplane_dim=8),
+        synthesizer=SynthesizerConfig(kind=kind, samples_per_ray=16, grid_res=32),
+    )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The official InstantMesh releases (configs/*.yaml of the reference).
+    "instant-mesh-large": _preset("mesh", 16, 80, 128),
+    "instant-mesh-base": _preset("mesh", 12, 40, 96),
+    "instant-nerf-large": _preset("nerf", 16, 80, 128),
+    "instant-nerf-base": _preset("nerf", 12, 40, 96),
+    "tiny": _tiny("mesh"),
+    "tiny-nerf": _tiny("nerf"),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference's YAML format: `model_config: {target, params}` (+ `infer_config`), optionally one section
+# per variant, and (our fixtures) an `encoder:` block giving a non-default ViT's dimensions.
+
+_REFERENCE_TARGETS = {"src.models.lrm_mesh.InstantMesh": "mesh", "src.models.lrm.InstantNeRF": "nerf"}
+_DINO_VITB16 = "facebook/dino-vitb16"
+
+
+def load_reference_yaml(path: str | Path, kind: Literal["mesh", "nerf"] | None = None) -> ModelConfig:
+    """Read a reference-format config; with several variant sections, take the one of `kind`."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read config {path}: {err}") from err
+    if not isinstance(doc, dict):
+        raise ValueError(f"config {path}: expected a mapping at the top level")
+    sections = {"": doc} if "model_config" in doc else {
+        name: sec for name, sec in doc.items() if isinstance(sec, dict) and "model_config" in sec}
+    if not sections:
+        raise ValueError(f"config {path}: no `model_config` section found")
+    candidates = {name: sec for name, sec in sections.items() if kind is None or _target_kind(sec, path) == kind}
+    if len(candidates) != 1:
+        found = {name or "<top>": _target_kind(sec, path) for name, sec in sections.items()}
+        raise ValueError(f"config {path}: need exactly one section for a {kind or 'any'} model, found {found}")
+    section = next(iter(candidates.values()))
+    return _from_reference_section(section, doc.get("encoder"), path)
+
+
+def _target_kind(section: dict, path: Path) -> str:
+    target = section["model_config"].get("target")
+    if target not in _REFERENCE_TARGETS:
+        raise ValueError(f"config {path}: unknown model target {target!r}; known: {sorted(_REFERENCE_TARGETS)}")
+    return _REFERENCE_TARGETS[target]
+
+
+def _from_reference_section(section: dict, encoder_block: dict | None, path: Path) -> ModelConfig:
+    params = dict(section["model_config"].get("params", {}))
+    infer = section.get("infer_config") or {}
+    kind = _target_kind(section, path)
+    encoder = EncoderConfig()
+    if encoder_block is not None:
+        encoder = EncoderConfig(
+            hidden_size=encoder_block["hidden_size"], num_layers=encoder_block["num_hidden_layers"],
+            num_heads=encoder_block["num_attention_heads"], intermediate_size=encoder_block["intermediate_size"],
+            patch_size=encoder_block.get("patch_size", 16), image_size=encoder_block.get("image_size", 224),
+            layer_norm_eps=encoder_block.get("layer_norm_eps", 1e-12), qkv_bias=encoder_block.get("qkv_bias", True),
+            image_mean=tuple(encoder_block.get("image_mean", IMAGENET_MEAN)),
+            image_std=tuple(encoder_block.get("image_std", IMAGENET_STD)))
+    elif params.get("encoder_model_name", _DINO_VITB16) != _DINO_VITB16:
+        raise ValueError(f"config {path}: encoder {params['encoder_model_name']!r} is not facebook/dino-vitb16 "
+                         "and no `encoder:` block gives its dimensions")
+    if params.get("encoder_feat_dim", encoder.hidden_size) != encoder.hidden_size:
+        raise ValueError(f"config {path}: encoder_feat_dim {params['encoder_feat_dim']} does not match the "
+                         f"encoder width {encoder.hidden_size}")
+    low, high = params.get("triplane_low_res", 32), params.get("triplane_high_res", 64)
+    if high != 2 * low:
+        raise ValueError(f"config {path}: triplane_high_res must be 2 x triplane_low_res, got {low} -> {high}")
+    transformer = TransformerConfig(
+        dim=params.get("transformer_dim", 1024), num_layers=params.get("transformer_layers", 16),
+        num_heads=params.get("transformer_heads", 16), low_res=low, triplane_dim=params.get("triplane_dim", 80))
+    synth = SynthesizerConfig(kind=kind, samples_per_ray=params.get("rendering_samples_per_ray", 128),
+                              grid_res=params.get("grid_res", 128), grid_scale=params.get("grid_scale", 2.0),
+                              mesh_resolution=infer.get("mesh_resolution", 256),
+                              mesh_threshold=float(infer.get("mesh_threshold", 10.0)))
+    return ModelConfig(encoder=encoder, transformer=transformer, synthesizer=synth)

@@ -1,0 +1,36 @@
+"""The reconstruction model: encoder -> triplane transformer -> synthesizer (InstantMesh / InstantNeRF).
+
+One model class for both released variants; `cfg.synthesizer.kind` picks the synthesizer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lrmesh.config import ModelConfig
+from lrmesh.model.synthesizers import MeshSynthesizer, NerfSynthesizer, make_synthesizer
+from lrmesh.model.transformer import TriplaneTransformer
+from lrmesh.model.vit import ImageEncoder
+
+
+class LRM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ImageEncoder(cfg.encoder)
+        self.transformer = TriplaneTransformer(cfg.transformer, cond_dim=cfg.encoder.hidden_size)
+        self.synthesizer: MeshSynthesizer | NerfSynthesizer = make_synthesizer(
+            cfg.synthesizer, cfg.transformer.triplane_dim)
+
+    @property
+    def kind(self) -> str:
+        return self.cfg.synthesizer.kind
+
+    def forward_planes(self, images: Tensor, cameras: Tensor) -> Tensor:
+        """images (B, V, 3, H, W) in [0, 1], cameras (B, V, 16) -> triplanes (B, 3, C, 2r, 2r)."""
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
+        if cameras.shape[:2] != images.shape[:2] or cameras.shape[-1] != self.cfg.encoder.camera_dim:
+            raise ValueError(f"cameras must be (B, V, {self.cfg.encoder.camera_dim}) matching the images, "
+                             f"got {tuple(cameras.shape)} for images {tuple(images.shape)}")
+        return self.transformer(self.encoder(images, cameras))
