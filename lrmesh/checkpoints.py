@@ -22,7 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from lrmesh.config import PRESETS, ModelConfig
+from lrmesh.config import PRESETS, ModelConfig, load_reference_yaml
+from lrmesh.errors import LrmeshError
 from lrmesh.model.lrm import LRM
 
 GENERATOR_PREFIX = "lrm_generator."
@@ -60,7 +61,7 @@ _PACKED_IN_PROJ = re.compile(_ATTN + r"\.in_proj_weight")
 _COMPILED = tuple((re.compile(p), r) for p, r in OFFICIAL_RENAMES)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LrmeshError):
     """A checkpoint that cannot be used, with the reason in one line."""
 
 
@@ -192,16 +193,32 @@ def load_state(model: LRM, state: dict[str, Tensor], source: str = "checkpoint")
     model.load_state_dict(state, strict=True)
 
 
-def load_model(path: str | Path, config: ModelConfig | None = None) -> LRM:
+def checkpoint_kind(state: dict[str, Tensor]) -> str:
+    """'mesh' or 'nerf', from the synthesizer's keys (our names)."""
+    if any(k.startswith("synthesizer.decoder.net_sdf.") for k in state):
+        return "mesh"
+    if any(k.startswith("synthesizer.decoder.net.") for k in state):
+        return "nerf"
+    raise CheckpointError("no synthesizer weights found: not an InstantMesh / InstantNeRF checkpoint")
+
+
+def load_model(path: str | Path, config: ModelConfig | str | Path | None = None) -> LRM:
     """Build the model a checkpoint describes and load it (CPU, eval mode).
 
-    The config comes from, in order: the argument, the checkpoint's own metadata (our safetensors), a JSON
-    file beside it, or recognition of the preset from tensor shapes.
+    The config comes from, in order: the argument (a ModelConfig, or a reference-format YAML whose section
+    for this checkpoint's variant is used), the checkpoint's own metadata (our safetensors), a JSON file
+    beside it, or recognition of the preset from tensor shapes.
     """
     path = Path(path)
     state, metadata = read_tensors(path)
     if _is_official(state):
         state = official_to_lrmesh(state, source=str(path))
+    if isinstance(config, (str, Path)):
+        try:
+            kind = checkpoint_kind(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        config = load_reference_yaml(config, kind)
     if config is None and CONFIG_METADATA_KEY in metadata:
         config = ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
     if config is None and path.with_suffix(".json").is_file():

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
+from lrmesh.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,11 +85,11 @@ class ModelConfig:
 def _build(cls: type, data: dict[str, Any], where: str):
     """Instantiate a (nested) config dataclass from a dict, refusing unknown keys."""
     if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
     values = {}
     for name, value in data.items():
         default = getattr(cls(), name)
@@ -129,7 +131,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name])
 
 
@@ -147,17 +149,17 @@ def load_reference_yaml(path: str | Path, kind: Literal["mesh", "nerf"] | None =
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read config {path}: {err}") from err
+        raise ConfigError(f"cannot read config {path}: {err}") from err
     if not isinstance(doc, dict):
-        raise ValueError(f"config {path}: expected a mapping at the top level")
+        raise ConfigError(f"config {path}: expected a mapping at the top level")
     sections = {"": doc} if "model_config" in doc else {
         name: sec for name, sec in doc.items() if isinstance(sec, dict) and "model_config" in sec}
     if not sections:
-        raise ValueError(f"config {path}: no `model_config` section found")
+        raise ConfigError(f"config {path}: no `model_config` section found")
     candidates = {name: sec for name, sec in sections.items() if kind is None or _target_kind(sec, path) == kind}
     if len(candidates) != 1:
         found = {name or "<top>": _target_kind(sec, path) for name, sec in sections.items()}
-        raise ValueError(f"config {path}: need exactly one section for a {kind or 'any'} model, found {found}")
+        raise ConfigError(f"config {path}: need exactly one section for a {kind or 'any'} model, found {found}")
     section = next(iter(candidates.values()))
     return _from_reference_section(section, doc.get("encoder"), path)
 
@@ -165,7 +167,7 @@ def load_reference_yaml(path: str | Path, kind: Literal["mesh", "nerf"] | None =
 def _target_kind(section: dict, path: Path) -> str:
     target = section["model_config"].get("target")
     if target not in _REFERENCE_TARGETS:
-        raise ValueError(f"config {path}: unknown model target {target!r}; known: {sorted(_REFERENCE_TARGETS)}")
+        raise ConfigError(f"config {path}: unknown model target {target!r}; known: {sorted(_REFERENCE_TARGETS)}")
     return _REFERENCE_TARGETS[target]
 
 
@@ -183,14 +185,14 @@ def _from_reference_section(section: dict, encoder_block: dict | None, path: Pat
             image_mean=tuple(encoder_block.get("image_mean", IMAGENET_MEAN)),
             image_std=tuple(encoder_block.get("image_std", IMAGENET_STD)))
     elif params.get("encoder_model_name", _DINO_VITB16) != _DINO_VITB16:
-        raise ValueError(f"config {path}: encoder {params['encoder_model_name']!r} is not facebook/dino-vitb16 "
+        raise ConfigError(f"config {path}: encoder {params['encoder_model_name']!r} is not facebook/dino-vitb16 "
                          "and no `encoder:` block gives its dimensions")
     if params.get("encoder_feat_dim", encoder.hidden_size) != encoder.hidden_size:
-        raise ValueError(f"config {path}: encoder_feat_dim {params['encoder_feat_dim']} does not match the "
+        raise ConfigError(f"config {path}: encoder_feat_dim {params['encoder_feat_dim']} does not match the "
                          f"encoder width {encoder.hidden_size}")
     low, high = params.get("triplane_low_res", 32), params.get("triplane_high_res", 64)
     if high != 2 * low:
-        raise ValueError(f"config {path}: triplane_high_res must be 2 x triplane_low_res, got {low} -> {high}")
+        raise ConfigError(f"config {path}: triplane_high_res must be 2 x triplane_low_res, got {low} -> {high}")
     transformer = TransformerConfig(
         dim=params.get("transformer_dim", 1024), num_layers=params.get("transformer_layers", 16),
         num_heads=params.get("transformer_heads", 16), low_res=low, triplane_dim=params.get("triplane_dim", 80))

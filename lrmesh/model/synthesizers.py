@@ -84,14 +84,14 @@ class NerfSynthesizer(nn.Module):
         return {k: torch.stack(v).reshape(b, m, *v[0].shape) for k, v in out.items()}
 
     @torch.no_grad()
-    def extract_mesh(self, planes: Tensor, progress: Progress | None = None) -> Mesh:
+    def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None) -> Mesh:
         """Marching cubes on the activated density over [-1, 1]^3 at `mesh_resolution`^3, iso-level
         `mesh_threshold`; vertex colours from the colour head. planes: (1, 3, C, H, W)."""
         res, device = self.cfg.mesh_resolution, planes.device
         axis = torch.linspace(-1, 1, res, device=device)
         points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
         if progress:
-            progress(f"density grid {res}^3")
+            progress("grid query")
         sigma = _chunked(lambda p: self.query(planes, p[None]).sigma[0], points)
         density = torch.nn.functional.softplus(sigma - 1).reshape(res, res, res)
         if progress:
@@ -100,8 +100,16 @@ class NerfSynthesizer(nn.Module):
         vertices = torch.as_tensor(verts, dtype=torch.float32, device=device) / (res - 1) * 2 - 1
         # PyMCubes winds faces clockwise seen from the denser side; ours wind counter-clockwise from outside.
         faces = torch.as_tensor(faces.astype("int64"), device=device).flip(-1)
-        colors = _chunked(lambda p: self.query(planes, p[None]).rgb[0], vertices) if len(vertices) else None
-        return Mesh(vertices=vertices, faces=faces, vertex_colors=colors)
+        mesh = Mesh(vertices=vertices, faces=faces)
+        if with_colors and mesh.num_vertices:
+            if progress:
+                progress("colours")
+            mesh.vertex_colors = self.rgb(planes, vertices)
+        return mesh
+
+    def rgb(self, planes: Tensor, points: Tensor) -> Tensor:
+        """Colour at points (P, 3) -> (P, 3), chunked. planes: (1, 3, C, H, W)."""
+        return _chunked(lambda p: self.query(planes, p[None]).rgb[0], points)
 
 
 @dataclass
@@ -167,13 +175,11 @@ class MeshSynthesizer(nn.Module):
         """FlexiCubes mesh of one triplane (1, 3, C, H, W), with vertex colours unless asked not to."""
         verts, cubes = self.grid(planes.device)
         if progress:
-            progress(f"SDF on the {self.cfg.grid_res}^3 grid")
+            progress("grid query")
         sdf = _chunked(lambda p: self.decoder.sdf(self.features(planes, p)), verts)[:, 0]  # (N,)
         sdf = self.fix_empty_sdf(sdf)
         surface = surface_cube_mask(sdf, cubes)  # (M,)
         surface_cubes = cubes[surface]  # (S, 8)
-        if progress:
-            progress(f"deformation and weights on {len(surface_cubes)} surface cubes")
         # Only vertices of surface cubes can move a mesh vertex, and only surface cubes need weights.
         used, corner_slot = torch.unique(surface_cubes, return_inverse=True)  # (K,), (S, 8)
         feats = _chunked(lambda p: self.features(planes, p), verts[used])  # (K, 3C)
@@ -181,12 +187,12 @@ class MeshSynthesizer(nn.Module):
         deformed[used] += self.scale_deformation(_chunked(self.decoder.deformation, feats))
         weights = _chunked(lambda slots: self.decoder.weights(feats[slots]), corner_slot, POINT_CHUNK // 8)
         if progress:
-            progress("FlexiCubes extraction")
+            progress("flexicubes")
         fc = flexicubes_extract(deformed, sdf, cubes, self.cfg.grid_res, surface, weights)
         mesh = Mesh(vertices=fc.vertices, faces=fc.faces)
         if with_colors and mesh.num_vertices:
             if progress:
-                progress("vertex colours")
+                progress("colours")
             mesh.vertex_colors = self.rgb(planes, mesh.vertices)
         return mesh
 
