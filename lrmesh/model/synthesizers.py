@@ -98,8 +98,8 @@ class NerfSynthesizer(nn.Module):
             progress("marching cubes")
         verts, faces = mcubes.marching_cubes(density.cpu().numpy(), self.cfg.mesh_threshold)
         vertices = torch.as_tensor(verts, dtype=torch.float32, device=device) / (res - 1) * 2 - 1
-        # PyMCubes winds faces clockwise seen from the denser side; ours wind counter-clockwise from outside.
-        faces = torch.as_tensor(faces.astype("int64"), device=device).flip(-1)
+        # PyMCubes already winds faces counter-clockwise seen from the low-density side (outside).
+        faces = torch.as_tensor(faces.astype("int64"), device=device)
         mesh = Mesh(vertices=vertices, faces=faces)
         if with_colors and mesh.num_vertices:
             if progress:
