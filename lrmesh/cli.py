@@ -55,11 +55,14 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from lrmesh.checkpoints import load_model
-    from lrmesh.io.mesh import save_mesh
+    from lrmesh.io.mesh import MESH_FORMATS, save_mesh
     from lrmesh.io.views import load_views
     from lrmesh.progress import Stages
     from lrmesh.reconstruct import reconstruct
 
+    output = Path(args.output) if args.output else None
+    if output is not None and output.suffix.lower() not in MESH_FORMATS:
+        raise LrmeshError(f"cannot write {output.name!r}: the mesh file must end in one of {', '.join(MESH_FORMATS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -78,7 +81,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     subset = FOUR_VIEW_SUBSET if args.num_views == 4 else None
     cameras = zero123pp_cameras(radius=ZERO123PP_RADIUS * args.scale, views=subset)
 
-    output = Path(args.output) if args.output else Path("outputs") / f"{Path(view_sources[0]).stem}.obj"
+    output = output or Path("outputs") / f"{Path(view_sources[0]).stem}.obj"
     output.parent.mkdir(parents=True, exist_ok=True)
     say(f"lrmesh: reconstructing on {device} ({model.kind} model, {views.shape[0]} views)")
     stages = Stages(device, show=not args.quiet)

@@ -1,0 +1,96 @@
+"""Benchmark: stage times and peak memory of `lrmesh reconstruct` at a released preset, random weights.
+
+    python bench/reconstruct.py                        # instant-mesh-large on the CPU (and CUDA if present)
+    python bench/reconstruct.py --preset tiny --threads 2
+    python bench/reconstruct.py --baseline             # also time the reference's whole-grid query
+
+Six 320x320 views (the bundled example), vertex colours, then a texture bake of the same mesh. Peak memory is
+the process's peak resident set per stage on the CPU, the allocator's peak on CUDA. With --baseline the grid
+query is also run the reference's way (deformation and FlexiCubes weights on every vertex and cube of the
+grid), side by side, and the ratio printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from importlib import resources
+
+import torch
+
+from lrmesh.cameras import zero123pp_cameras
+from lrmesh.config import preset
+from lrmesh.geometry.flexicubes import surface_cube_mask
+from lrmesh.geometry.texture import bake_texture
+from lrmesh.io.views import load_views
+from lrmesh.model.lrm import LRM
+from lrmesh.progress import Stages, cpu_peak_bytes
+from lrmesh.reconstruct import reconstruct
+
+MIB = 2**20
+
+
+def run(device: torch.device, preset_name: str, texture_resolution: int, baseline: bool) -> None:
+    torch.manual_seed(0)
+    model = LRM(preset(preset_name)).eval().to(device)
+    views = load_views(resources.files("lrmesh") / "assets" / "example_views.png").to(device)
+    cameras = zero123pp_cameras().to(device)
+    stages = Stages(device, show=False)
+    result = reconstruct(model, views, cameras, stages=stages)
+    mesh = result.mesh
+    if model.kind == "mesh" and mesh.num_faces:
+        stages("texture")
+        bake_texture(mesh, lambda p: model.synthesizer.rgb(result.planes, p), resolution=texture_resolution)
+        stages.finish()
+    print(f"\n{preset_name} on {device} ({torch.get_num_threads()} CPU threads): "
+          f"{mesh.num_vertices} vertices, {mesh.num_faces} faces")
+    print(f"{'stage':<14}{'seconds':>10}{'peak MiB':>12}")
+    for r in stages.records:
+        print(f"{r.name:<14}{r.seconds:>10.2f}{r.peak_bytes / MIB:>12.0f}")
+    no_texture = sum(r.seconds for r in stages.records if r.name != "texture")
+    peak = max(r.peak_bytes for r in stages.records if r.name != "texture")
+    print(f"{'total':<14}{no_texture:>10.2f}{peak / MIB:>12.0f}   (loaded model -> mesh with vertex colours)")
+    if baseline and model.kind == "mesh":
+        _baseline(model, result.planes, stages, device)
+
+
+def _baseline(model: LRM, planes: torch.Tensor, stages: Stages, device: torch.device) -> None:
+    """The reference's grid query: every head on every grid vertex / cube, side by side with ours."""
+    synth = model.synthesizer
+    ours = next(r for r in stages.records if r.name == "grid query")
+    baseline = Stages(device, show=False)
+    with torch.no_grad():
+        baseline("all-cubes grid query")
+        fields = synth.grid_fields(planes)
+        baseline.finish()
+    cubes = synth.grid(planes.device)[1]
+    surface = int(surface_cube_mask(fields.sdf[:, 0], cubes).sum())
+    r = baseline.records[0]
+    print(f"{'all cubes':<14}{r.seconds:>10.2f}{r.peak_bytes / MIB:>12.0f}   "
+          f"grid query, reference style ({len(cubes)} cubes vs {surface} surface cubes)")
+    print(f"ratio all-cubes / surface-only grid query: time {r.seconds / ours.seconds:.1f}x, "
+          f"peak memory {r.peak_bytes / max(ours.peak_bytes, 1):.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="instant-mesh-large")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--texture-resolution", type=int, default=1024)
+    parser.add_argument("--baseline", action="store_true", help="also time the whole-grid (reference) query")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    start = time.perf_counter()
+    for device in devices:
+        run(device, args.preset, args.texture_resolution, args.baseline)
+    print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s, process peak RSS "
+          f"{cpu_peak_bytes() / MIB:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
