@@ -41,7 +41,7 @@ OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
     (_VIT + r"\.attention\.attention\.query\.(\w+)", r"encoder.vit.blocks.\1.attn.q.\2"),
     (_VIT + r"\.attention\.attention\.key\.(\w+)", r"encoder.vit.blocks.\1.attn.k.\2"),
     (_VIT + r"\.attention\.attention\.value\.(\w+)", r"encoder.vit.blocks.\1.attn.v.\2"),
-    (_VIT + r"\.attention\.output\.dense\.(\w+)", r"encoder.vit.blocks.\1.attn.proj.\2"),
+    (_VIT + r"\.attention\.output\.dense\.(\w+)", r"encoder.vit.blocks.\1.attn.out.\2"),
     (_VIT + r"\.intermediate\.dense\.(\w+)", r"encoder.vit.blocks.\1.mlp.fc1.\2"),
     (_VIT + r"\.output\.dense\.(\w+)", r"encoder.vit.blocks.\1.mlp.fc2.\2"),
     (_VIT + r"\.layernorm_before\.(\w+)", r"encoder.vit.blocks.\1.norm1.\2"),

@@ -8,53 +8,15 @@ stride-2 transposed convolution per plane turn each token into 2x2 texels of `tr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from lrmesh.config import TransformerConfig
+from lrmesh.model.layers import MLP, Attention
 
 # The blocks' LayerNorms keep PyTorch's default epsilon; the final one uses 1e-6 (reference TriplaneTransformer).
 BLOCK_NORM_EPS = 1e-5
 FINAL_NORM_EPS = 1e-6
-
-
-class Attention(nn.Module):
-    """Multi-head attention without biases: queries of width `dim`, keys/values of width `kv_dim`.
-
-    Same maths as torch.nn.MultiheadAttention(bias=False, batch_first=True), computed with
-    scaled_dot_product_attention (flash / memory-efficient kernels where available).
-    """
-
-    def __init__(self, dim: int, num_heads: int, kv_dim: int | None = None):
-        super().__init__()
-        kv_dim = kv_dim or dim
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(kv_dim, dim, bias=False)
-        self.v = nn.Linear(kv_dim, dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        # x: (N, Lq, dim); context: (N, Lk, kv_dim), x itself for self-attention
-        context = x if context is None else context
-        q = rearrange(self.q(x), "n l (h d) -> n h l d", h=self.num_heads)
-        k = rearrange(self.k(context), "n l (h d) -> n h l d", h=self.num_heads)
-        v = rearrange(self.v(context), "n l (h d) -> n h l d", h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, Lq, head_dim)
-        return self.out(rearrange(out, "n h l d -> n l (h d)"))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class TriplaneBlock(nn.Module):

@@ -10,46 +10,18 @@ and by the official InstantMesh checkpoints) onto them.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from lrmesh.config import EncoderConfig
+from lrmesh.model.layers import MLP, Attention
 
 # The DINO code adds 0.1 to the target grid size before bicubic resampling of the position embeddings to
 # dodge a floating-point off-by-one in the output size (facebookresearch/dino issue 8); the checkpoints were
 # trained with it, so we keep it to get the same numbers.
 POS_EMBED_RESAMPLE_OFFSET = 0.1
-
-
-class ViTSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (rearrange(f(x), "n l (h d) -> n h l d", h=self.num_heads) for f in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, head_dim)
-        return self.proj(rearrange(out, "n h l d -> n l (h d)"))
-
-
-class ViTMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -64,9 +36,9 @@ class ModulatedViTBlock(nn.Module):
         super().__init__()
         d = cfg.hidden_size
         self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.attn = ViTSelfAttention(d, cfg.num_heads, cfg.qkv_bias)
+        self.attn = Attention(d, cfg.num_heads, qkv_bias=cfg.qkv_bias, out_bias=True)
         self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.mlp = ViTMLP(d, cfg.intermediate_size)
+        self.mlp = MLP(d, cfg.intermediate_size)
         # shift/scale for norm1 and norm2 from the camera embedding; zero-initialised (see module docstring)
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 4 * d))
         nn.init.zeros_(self.adaln[1].weight)
@@ -144,7 +116,3 @@ class ImageEncoder(nn.Module):
         cond = self.camera_embedder(rearrange(cameras, "b v c -> (b v) c"))  # (B*V, D)
         tokens = self.vit(x.to(cond.dtype), cond)  # (B*V, L, D)
         return rearrange(tokens, "(b v) l d -> b (v l) d", b=b, v=v)
-
-    @staticmethod
-    def num_tokens(cfg: EncoderConfig, height: int, width: int) -> int:
-        return 1 + math.prod((height // cfg.patch_size, width // cfg.patch_size))
