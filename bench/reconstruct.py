@@ -14,6 +14,7 @@ grid), side by side, and the ratio printed.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from importlib import resources
 
@@ -42,7 +43,8 @@ def run(device: torch.device, preset_name: str, texture_resolution: int, baselin
     stages = Stages(device, show=True)  # stage lines on stderr as they finish
     result = reconstruct(model, views, cameras, stages=stages)
     mesh = result.mesh
-    if model.kind == "mesh" and mesh.num_faces:
+    print(f"mesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces", file=sys.stderr)
+    if texture_resolution and mesh.num_faces:
         stages("texture")
         bake_texture(mesh, lambda p: model.synthesizer.rgb(result.planes, p), resolution=texture_resolution)
         stages.finish()
@@ -92,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="instant-mesh-large")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--texture-resolution", type=int, default=1024)
+    parser.add_argument("--texture-resolution", type=int, default=1024, help="0 skips the texture stage")
     parser.add_argument("--baseline", action="store_true", help="also time the whole-grid (reference) query")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     parser.add_argument("--inside-fraction", type=float, default=None,

@@ -116,3 +116,16 @@ def test_default_run_uses_the_bundled_example(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "RANDOM" in result.stderr
     assert (tmp_path / "example.glb").stat().st_size > 1000
+
+
+def test_texture_and_video(fixture_dir, tmp_path, capsys):
+    out = tmp_path / "textured.obj"
+    code = main(["reconstruct", str(fixture_dir / "views_grid.png"), "-c", str(fixture_dir / "instant_mesh_tiny.ckpt"),
+                 "-o", str(out), "--texture", "--texture-resolution", "128", "--video", "--video-frames", "4",
+                 "--video-resolution", "64", "-q"])
+    assert code == 0
+    written = {p for p in capsys.readouterr().out.split()}
+    for suffix in (".obj", ".mtl", ".png", ".mp4"):
+        assert str(out.with_suffix(suffix)) in written
+        assert out.with_suffix(suffix).stat().st_size > 0
+    assert "vt " in out.read_text() and "map_Kd textured.png" in out.with_suffix(".mtl").read_text()
