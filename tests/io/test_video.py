@@ -10,7 +10,8 @@ import trimesh
 
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.geometry.texture import bake_texture
-from lrmesh.io.video import AMBIENT, HEADLIGHT, render_turntable, write_video
+from lrmesh.io.video import render_turntable, write_video
+from lrmesh.render.shaded import AMBIENT, HEADLIGHT
 
 RESOLUTION = 64
 

@@ -169,6 +169,40 @@ def test_barycentrics_and_depth_carry_gradients_to_clip_positions():
     assert torch.autograd.gradcheck(fields, (clip,))
 
 
+def test_interpolate_gradients_match_finite_differences():
+    # Through the barycentrics, interpolated values move with the clip positions as well as with the attributes.
+    faces = torch.tensor([[0, 1, 2]])
+    clip = torch.tensor([[-0.9, -0.8, 0.1, 1.0], [1.44, -1.12, 0.2, 1.6], [0.12, 1.08, 0.3, 1.2]], dtype=torch.float64,
+                        requires_grad=True)  # NDC (x, y) = (-0.9, -0.8), (0.9, -0.7), (0.1, 0.9)
+    attributes = torch.tensor([[0.3, 1.0], [-1.2, 0.5], [2.0, -0.7]], dtype=torch.float64, requires_grad=True)
+
+    def render(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return interpolate(a, rasterize(c, faces, 7, 6, backend="torch"), faces)
+
+    assert bool(rasterize(clip, faces, 7, 6, backend="torch").mask.sum() > 10)
+    assert torch.autograd.gradcheck(render, (attributes, clip))
+    (grad,) = torch.autograd.grad(render(attributes, clip).sum(), clip)
+    assert float(grad.abs().sum()) > 0
+
+
+def test_views_rasterized_together_match_one_by_one():
+    vertices, faces = icosphere(2)
+    clip = project(vertices, orbit_poses([0.0, 90.0, 200.0], [20.0, -10.0, 45.0], 3.0), 30.0)
+    together = rasterize(clip, faces, 40, 40, backend="torch")  # one group of 3 views
+    apart = rasterize(clip, faces, 40, 40, backend="torch", max_candidates=faces.shape[0])  # 1 view per group
+    assert torch.equal(together.triangle_id, apart.triangle_id)
+    torch.testing.assert_close(together.barycentrics, apart.barycentrics)
+    torch.testing.assert_close(together.depth, apart.depth)
+
+
+def test_interpolate_is_zero_off_the_mesh_whatever_the_attributes():
+    clip = torch.tensor([[-0.5, -0.5, 0.0, 1.0], [0.5, -0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 1.0]])
+    faces = torch.tensor([[0, 1, 2]])
+    rast = rasterize(clip, faces, 8, 8, backend="torch")
+    out = interpolate(torch.tensor([[float("nan")], [1.0], [2.0]]), rast, faces)
+    assert bool((out[~rast.mask] == 0).all())
+
+
 def test_batched_attributes_per_image():
     clip = torch.tensor([[-1.0, -1.0, 0.0, 1.0], [1.0, -1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0], [-1.0, 1.0, 0.0, 1.0]])
     rast = rasterize(clip.expand(2, 4, 4), QUAD_FACES, 4, 4, backend="torch")
