@@ -18,6 +18,9 @@ EXAMPLE_VIEWS = "example_views.png"
 DEFAULT_CHECKPOINT = "tiny-random.safetensors"
 VIDEO_RADIUS = 4.5  # the reference CLI's turntable distance
 VIDEO_ELEVATION = 20.0
+# `lrmesh synth` view size per layout: the reference trains on 512 px renders, Zero123++ views are 320 px, and
+# 400 px is NeRF-synthetic's usual half resolution.
+SYNTH_RESOLUTION = {"training": 512, "zero123pp": 320, "blender": 400}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -111,11 +114,93 @@ def _write_video(mesh, args: argparse.Namespace, output: Path, say) -> list[Path
     return [path]
 
 
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from lrmesh.data import LAYOUTS
+
+    p = sub.add_parser("synth", help="render procedural objects or your meshes into multi-view datasets",
+                       description="Render procedural objects (--count) or mesh files (--mesh: OBJ, GLB, PLY) with "
+                                   "their ground-truth meshes in the reference's training layout, as Zero123++ grids "
+                                   "for `lrmesh reconstruct`, or in the NeRF-synthetic (blender) layout.")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; objects are added to it)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--count", type=int, help="this many procedural objects, seeds S, S+1, ...")
+    source.add_argument("--mesh", nargs="+", metavar="FILE", help="mesh files to render")
+    p.add_argument("--layout", choices=LAYOUTS, default="training",
+                   help="training: InstantMesh's training data (rendering_random_32views/, valid_paths.json); "
+                        "zero123pp: a 640x960 view grid per object; blender: NeRF-synthetic transforms_*.json")
+    p.add_argument("--views", type=int, default=None,
+                   help="views per object (default: 32 training, 100 blender train views; zero123pp is always 6)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help=f"view size in pixels (default: {', '.join(f'{k} {v}' for k, v in SYNTH_RESOLUTION.items())})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="object i gets seed S + i for its shape (procedural) and its random cameras")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from lrmesh.data.multiview import default_views, load_source_mesh, write_object
+    from lrmesh.data.synthetic import random_object
+
+    views = args.views if args.views is not None else default_views(args.layout)
+    resolution = args.resolution if args.resolution is not None else SYNTH_RESOLUTION[args.layout]
+    if args.count is not None and args.count < 1:
+        raise LrmeshError(f"--count must be at least 1, got {args.count}")
+    if args.seed < 0:
+        raise LrmeshError(f"--seed must be 0 or more (numpy seeds are unsigned), got {args.seed}")
+    if views < 1 or resolution < 1:
+        raise LrmeshError(f"--views and --resolution must be at least 1, got {views} and {resolution}")
+    if args.layout == "zero123pp" and args.views not in (None, default_views("zero123pp")):
+        print(f"lrmesh: note: the zero123pp layout always has its 6 views; --views {args.views} is ignored",
+              file=sys.stderr)
+    device = _resolve_device(args.device)
+    jobs = _synth_jobs(args)
+    failed = []
+    for name, seed, path in tqdm(jobs, desc="synth", unit="object", disable=args.quiet, file=sys.stderr):
+        try:
+            if path is None:
+                mesh, source, to_model = random_object(seed), f"procedural seed {seed}", None
+            else:
+                (mesh, to_model), source = load_source_mesh(path), str(path)
+            folder = write_object(mesh.to(device), args.output, name, args.layout, views, resolution, seed, source,
+                                  to_model)
+        except LrmeshError as err:
+            tqdm.write(f"lrmesh: warning: skipped: {err}", file=sys.stderr)
+            failed.append(str(path))
+            continue
+        print(folder)
+    if failed:
+        raise LrmeshError(f"{len(failed)} of {len(jobs)} meshes could not be used: {', '.join(failed)}")
+    return 0
+
+
+def _synth_jobs(args: argparse.Namespace) -> list[tuple[str, int, Path | None]]:
+    """(object name, seed, mesh file or None for a procedural object) per object, seeds counting up from --seed.
+
+    Procedural objects are named synth_<seed>; mesh files by their stem, made unique with _2, _3, ...
+    """
+    if args.count is not None:
+        return [(f"synth_{args.seed + i:06d}", args.seed + i, None) for i in range(args.count)]
+    jobs, used = [], set()
+    for i, path in enumerate(map(Path, args.mesh)):
+        name, copy = path.stem, 1
+        while name in used:
+            copy += 1
+            name = f"{path.stem}_{copy}"
+        used.add(name)
+        jobs.append((name, args.seed + i, path))
+    return jobs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrmesh", description="A few images of an object in, a 3D mesh out.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_reconstruct(sub)
+    _add_synth(sub)
     return parser
 
 

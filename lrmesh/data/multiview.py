@@ -1,0 +1,348 @@
+"""Render any mesh to posed views (RGBA, depth, normals) and write them in one of three dataset layouts.
+
+Why: training, evaluating and smoke-testing reconstruction needs posed images of objects whose ground truth is
+known: procedural ones (`lrmesh.data.synthetic`) or a user's OBJ / GLB / PLY.
+
+Rendering: `lrmesh.render.shaded.render_views` (antialiased RGBA, depth, normals).
+
+Every layout writes, per object, in its folder: `gt.glb`, the ground-truth mesh in the model frame (the world
+frame of the cameras, see `lrmesh.data.synthetic`), saved by `lrmesh.io.mesh.save_mesh` so that
+`lrmesh.io.mesh.load_mesh` returns model-frame coordinates; and `meta.json` with its source, seed,
+`source_to_model` (4x4, taking the source file's coordinates as trimesh loads them to the model frame) and
+how depth is encoded. A user's mesh is read with trimesh, turned into the model frame (GLB: glTF's y up
+becomes z up by `lrmesh.io.mesh.GLB_FRAME`; OBJ / PLY: taken as they are, z up, so a y-up OBJ lies on its side)
+and normalised like procedural objects. OBJ / PLY are deliberately not read like `lrmesh.io.mesh.load_mesh`
+reads them: that undoes the z mirror the reference writes, and applied to meshes from elsewhere it would mirror
+them (text on a texture would read backwards). To render a mesh `lrmesh reconstruct` wrote, give its .glb.
+
+Layouts:
+
+- "training", the reference's training data, read as-is by InstantMesh's `src/data/objaverse.py`
+  (`ObjaverseData` with root_dir = the output folder, meta_fname = its default `valid_paths.json`, the image dirs
+  of its training config and total_view_n = the views per object, which must be at least the 10 it draws):
+  `valid_paths.json` = {"good_objs": [names]} and `rendering_random_32views/<name>/`: `%03d.png` RGBA,
+  `%03d_normal.png` RGBA (world-space normal n as (n + 1) / 2, alpha = coverage; the loader composites it on
+  black), `%03d_depth.png` 8-bit grey z-depth as the loader decodes it (png / 255 * 6.0), and `cameras.npz`
+  holding `cam_poses` (N, 3, 4) float32: OpenGL *world-to-camera* matrices (the loader pads and inverts them
+  into OpenGL camera-to-world). Views as the reference renders Objaverse (its authors, InstantMesh issue #13):
+  fov 50 degrees, distance uniform in [2.0, 3.5], camera height z uniform in [-0.75, 1.6], azimuth uniform.
+- "zero123pp", what `lrmesh reconstruct` takes: `<name>/grid.png` RGBA, 2 views wide and 3 high (view i at row
+  i // 2, column i % 2) from the Zero123++ cameras (`lrmesh.cameras`: radius 4.0, fov 30); `normal.png` RGBA and
+  `depth.png` 16-bit grids alike; `cameras.json`, the (6, 16) encoder cameras.
+- "blender", the NeRF-synthetic layout: `<name>/transforms_{train,val,test}.json` ({"camera_angle_x": horizontal
+  fov in radians, "frames": [{"file_path": "./train/r_0" (no extension), "transform_matrix": OpenGL
+  camera-to-world 4x4}]}), `train/r_0.png` RGBA with `r_0_depth.png` (16-bit) and `r_0_normal.png` beside
+  each. Radius 4.0, fov 30; train and val views uniform over the sphere between elevations -30 and 60 degrees,
+  test views a turntable at elevation 20 degrees.
+
+16-bit depth PNGs hold z-depth (distance along the camera's view axis) * 1000, 0 off the object.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import trimesh
+from einops import rearrange
+from PIL import Image
+from torch import Tensor
+
+from lrmesh.cameras import (
+    ZERO123PP_AZIMUTHS,
+    ZERO123PP_ELEVATIONS,
+    ZERO123PP_FOV,
+    ZERO123PP_RADIUS,
+    encoder_cameras,
+    look_at_origin,
+    orbit_poses,
+    spherical_positions,
+    turntable_poses,
+)
+from lrmesh.data import LAYOUTS
+from lrmesh.data.synthetic import fit_transform
+from lrmesh.errors import InputError
+from lrmesh.geometry.mesh import Mesh
+from lrmesh.io.mesh import GLB_FRAME, MESH_FORMATS, FileFrame, from_file_frame, save_mesh
+from lrmesh.io.views import GRID_COLS, GRID_ROWS, NUM_VIEWS
+from lrmesh.render.shaded import UNCOLORED, render_views
+
+Layout = Literal["training", "zero123pp", "blender"]  # one of LAYOUTS
+
+UINT8_MAX = 255
+DEPTH16_SCALE = 1000.0  # 16-bit depth PNG levels per world unit: steps of 0.001 up to 65.5 units
+GT_MESH, META = "gt.glb", "meta.json"
+
+# The reference's training layout (InstantMesh src/data/objaverse.py, ObjaverseData defaults).
+TRAINING_IMAGE_DIR = "rendering_random_32views"
+TRAINING_META, TRAINING_META_KEY = "valid_paths.json", "good_objs"
+TRAINING_CAMERAS, TRAINING_POSES_KEY = "cameras.npz", "cam_poses"
+TRAINING_DEPTH_SCALE = 6.0  # the loader's depth_scale: depth = png / 255 * 6
+TRAINING_FOV = 50.0
+TRAINING_DISTANCE = (2.0, 3.5)  # camera distance range of the reference's Objaverse renders
+TRAINING_HEIGHT = (-0.75, 1.6)  # camera z range, likewise
+
+# Zero123++ grid files.
+GRID_IMAGE, GRID_DEPTH, GRID_NORMAL, GRID_CAMERAS = "grid.png", "depth.png", "normal.png", "cameras.json"
+
+# NeRF-synthetic layout.
+BLENDER_ELEVATIONS = (-30.0, 60.0)  # degrees, range of the random train / val views
+BLENDER_TEST_ELEVATION = 20.0
+BLENDER_HELD_OUT_FRACTION = 4  # val and test each get views // 4 views (at least one)
+
+
+# Reading a user's mesh ------------------------------------------------------------------------------------
+
+AS_IS = FileFrame(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+_FILE_FRAMES = {".obj": AS_IS, ".ply": AS_IS, ".glb": GLB_FRAME}  # see the module docstring
+
+
+def load_source_mesh(path: str | os.PathLike) -> tuple[Mesh, np.ndarray]:
+    """Read an OBJ / GLB / PLY (any scene: its parts are merged) into the model frame, normalised.
+
+    A single textured part keeps its texture; otherwise textures are sampled at the vertices, and parts
+    without colour become uniform grey. Returns the mesh and `source_to_model` (4, 4), which takes the file's
+    coordinates (as trimesh loads them) to the model frame. Raises `InputError` naming the file if it cannot
+    be used.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _FILE_FRAMES:
+        raise InputError(f"{path}: a mesh file must end in one of {', '.join(MESH_FORMATS)}")
+    if not path.is_file():
+        raise InputError(f"mesh file not found: {path}")
+    parts = _read_parts(path)
+    raw = _merge_parts(parts)
+    if not torch.isfinite(raw.vertices).all():
+        raise InputError(f"{path}: the mesh has non-finite vertex positions")
+    frame = _FILE_FRAMES[path.suffix.lower()]
+    vertices, faces = from_file_frame(frame, raw.vertices.numpy(), raw.faces.numpy())
+    try:
+        to_model = fit_transform(vertices.numpy())
+    except ValueError as err:
+        raise InputError(f"{path}: {err}") from err
+    uv_faces = faces if raw.uv_faces is not None else None  # trimesh keeps one UV per vertex
+    model_vertices = trimesh.transform_points(vertices.numpy(), to_model).astype(np.float32)
+    mesh = Mesh(torch.from_numpy(model_vertices), faces, vertex_colors=raw.vertex_colors, uvs=raw.uvs,
+                uv_faces=uv_faces, texture=raw.texture)
+    frame_matrix = np.eye(4)
+    frame_matrix[:3, :3] = np.array(frame.matrix).T  # file -> model axes, as from_file_frame applies them
+    return mesh, to_model @ frame_matrix
+
+
+def _read_parts(path: Path) -> list[trimesh.Trimesh]:
+    """The triangle meshes of a file, scene transforms applied."""
+    try:
+        loaded = trimesh.load(path, process=False)
+    except Exception as err:  # noqa: BLE001 - trimesh's parsers raise many kinds of error on a broken file
+        raise InputError(f"cannot read mesh {path}: {type(err).__name__}: {err}") from err
+    parts = loaded.dump(concatenate=False) if isinstance(loaded, trimesh.Scene) else [loaded]
+    parts = [p for p in parts if isinstance(p, trimesh.Trimesh) and len(p.faces) > 0]
+    if not parts:
+        raise InputError(f"cannot read mesh {path}: it holds no triangles")
+    return parts
+
+
+def _merge_parts(parts: list[trimesh.Trimesh]) -> Mesh:
+    """trimesh parts -> one Mesh in the file's coordinates, with a texture, vertex colours or no colour."""
+    image = _texture_image(parts[0]) if len(parts) == 1 else None
+    if image is not None:
+        texture = np.asarray(image.convert("RGB"), dtype=np.float32) / UINT8_MAX  # (H, W, 3), row 0 on top
+        faces = torch.from_numpy(parts[0].faces.astype(np.int64))
+        return Mesh(torch.from_numpy(np.asarray(parts[0].vertices, np.float32)), faces,
+                    uvs=torch.from_numpy(np.asarray(parts[0].visual.uv, np.float32)), uv_faces=faces,
+                    texture=torch.from_numpy(texture))
+    colors = [_vertex_colors(p) for p in parts]
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    vertices = np.concatenate([p.vertices for p in parts]).astype(np.float32)
+    faces = np.concatenate([p.faces + offset for p, offset in zip(parts, offsets)]).astype(np.int64)
+    vertex_colors = None
+    if any(c is not None for c in colors):
+        vertex_colors = torch.from_numpy(np.concatenate([
+            c if c is not None else np.full((len(p.vertices), 3), UNCOLORED) for p, c in zip(parts, colors)
+        ]).astype(np.float32))
+    return Mesh(torch.from_numpy(vertices), torch.from_numpy(faces), vertex_colors=vertex_colors)
+
+
+def _texture_image(part: trimesh.Trimesh) -> Image.Image | None:
+    """The base-colour image (glTF) or diffuse map (OBJ) of a textured part with UVs, else None.
+
+    Only the image is used: a glTF baseColorFactor multiplying it is ignored.
+    """
+    visual = part.visual
+    if visual.kind != "texture" or getattr(visual, "uv", None) is None or visual.material is None:
+        return None
+    image = getattr(visual.material, "baseColorTexture", None)
+    return image if image is not None else getattr(visual.material, "image", None)
+
+
+def _vertex_colors(part: trimesh.Trimesh) -> np.ndarray | None:
+    """Per-vertex RGB in [0, 1] from vertex, face or texture colours -> (V, 3), or None for an uncoloured part."""
+    visual = part.visual
+    if visual.kind == "texture" and visual.material is not None:
+        uv = getattr(visual, "uv", None)
+        rgba = visual.material.to_color(uv) if uv is not None else getattr(visual.material, "main_color", None)
+        if rgba is None:
+            return None
+        rgba = np.broadcast_to(np.asarray(rgba), (len(part.vertices), 4))
+    elif visual.kind in ("vertex", "face"):
+        rgba = np.asarray(visual.vertex_colors)
+    else:
+        return None
+    return rgba[:, :3].astype(np.float32) / UINT8_MAX
+
+
+# Camera sets ----------------------------------------------------------------------------------------------
+
+
+def training_poses(rng: np.random.Generator, count: int) -> Tensor:
+    """Random views as the reference renders Objaverse: distance and height (z) uniform in their ranges,
+    azimuth uniform -> (N, 4, 4) OpenGL camera-to-world."""
+    distance = rng.uniform(*TRAINING_DISTANCE, size=count)
+    elevation = np.degrees(np.arcsin(rng.uniform(*TRAINING_HEIGHT, size=count) / distance))
+    azimuth = rng.uniform(0.0, 360.0, size=count)
+    positions = spherical_positions(azimuth, elevation, 1.0) * torch.from_numpy(distance).float()[:, None]
+    return look_at_origin(positions)
+
+
+def sphere_poses(rng: np.random.Generator, count: int, radius: float,
+                 elevations_deg: tuple[float, float] = BLENDER_ELEVATIONS) -> Tensor:
+    """Views uniform over the band of the sphere between two elevations -> (N, 4, 4)."""
+    low, high = np.sin(np.radians(elevations_deg))
+    elevation = np.degrees(np.arcsin(rng.uniform(low, high, size=count)))  # uniform z is uniform area
+    return orbit_poses(rng.uniform(0.0, 360.0, size=count), elevation, radius)
+
+
+def zero123pp_poses() -> Tensor:
+    """The six Zero123++ views -> (6, 4, 4)."""
+    return orbit_poses(ZERO123PP_AZIMUTHS, ZERO123PP_ELEVATIONS, ZERO123PP_RADIUS)
+
+
+# Writing the layouts --------------------------------------------------------------------------------------
+
+CAMERA_STREAM = 1  # random views of object `seed` come from default_rng([CAMERA_STREAM, seed])
+
+
+def default_views(layout: Layout) -> int:
+    """Views per object when none are asked for: the reference's 32, the six Zero123++ views, or 100 (blender
+    train views, as NeRF-synthetic)."""
+    return {"training": 32, "zero123pp": NUM_VIEWS, "blender": 100}[layout]
+
+
+def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layout, num_views: int, resolution: int,
+                 seed: int, source: str, source_to_model: np.ndarray | None = None) -> Path:
+    """Render `mesh` (model frame) and write it, its ground truth and metadata in `layout` under `output`.
+
+    `num_views` is ignored by the zero123pp layout (always its six views). Returns the object's folder.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if num_views < 1 or resolution < 1:
+        raise ValueError(f"need at least one view of at least one pixel, got {num_views} views of {resolution} px")
+    output = Path(output)
+    rng = np.random.default_rng([CAMERA_STREAM, seed])
+    if layout == "training":
+        folder = output / TRAINING_IMAGE_DIR / name
+        depth_scale = _write_training(mesh, folder, training_poses(rng, num_views), resolution)
+    elif layout == "zero123pp":
+        folder = output / name
+        depth_scale = _write_zero123pp(mesh, folder, resolution)
+    else:
+        folder = output / name
+        depth_scale = _write_blender(mesh, folder, rng, num_views, resolution)
+    save_mesh(mesh.to("cpu"), folder / GT_MESH)
+    transform = np.eye(4) if source_to_model is None else source_to_model
+    _write_json(folder / META, {
+        "name": name, "layout": layout, "source": source, "seed": seed, "gt_mesh": GT_MESH,
+        "source_to_model": transform.tolist(), "depth_levels_per_unit": depth_scale,
+    })
+    if layout == "training":
+        _register_training_object(output, name)
+    return folder
+
+
+def _write_training(mesh: Mesh, folder: Path, c2w: Tensor, resolution: int) -> float:
+    """`%03d.png`, `%03d_normal.png`, `%03d_depth.png`, `cameras.npz`; returns depth PNG levels per unit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    levels_per_unit = UINT8_MAX / TRAINING_DEPTH_SCALE
+    renders = render_views(mesh, c2w, TRAINING_FOV, resolution)
+    rgba, normal, depth = _png_arrays(renders, levels_per_unit, np.uint8)
+    for i in range(c2w.shape[0]):
+        _save_png(rgba[i], folder / f"{i:03d}.png")
+        _save_png(normal[i], folder / f"{i:03d}_normal.png")
+        _save_png(depth[i], folder / f"{i:03d}_depth.png")
+    w2c = torch.linalg.inv(renders.c2w.double().cpu())[:, :3, :].float().numpy()  # (N, 3, 4)
+    np.savez(folder / TRAINING_CAMERAS, **{TRAINING_POSES_KEY: w2c})
+    return levels_per_unit
+
+
+def _write_zero123pp(mesh: Mesh, folder: Path, resolution: int) -> float:
+    """`grid.png`, `normal.png`, `depth.png` (each 2 x 3 views) and `cameras.json`; returns DEPTH16_SCALE."""
+    folder.mkdir(parents=True, exist_ok=True)
+    renders = render_views(mesh, zero123pp_poses(), ZERO123PP_FOV, resolution)
+    images = dict(zip((GRID_IMAGE, GRID_NORMAL, GRID_DEPTH), _png_arrays(renders, DEPTH16_SCALE, np.uint16)))
+    for file_name, views in images.items():
+        _save_png(rearrange(views, "(r k) h w ... -> (r h) (k w) ...", r=GRID_ROWS, k=GRID_COLS), folder / file_name)
+    _write_json(folder / GRID_CAMERAS, encoder_cameras(renders.c2w.cpu(), ZERO123PP_FOV).tolist())
+    return DEPTH16_SCALE
+
+
+def _write_blender(mesh: Mesh, folder: Path, rng: np.random.Generator, num_views: int, resolution: int) -> float:
+    """`transforms_{split}.json` and `{split}/r_{i}.png` (+ `_depth`, `_normal`); returns DEPTH16_SCALE."""
+    held_out = max(1, num_views // BLENDER_HELD_OUT_FRACTION)
+    splits = {
+        "train": sphere_poses(rng, num_views, ZERO123PP_RADIUS),
+        "val": sphere_poses(rng, held_out, ZERO123PP_RADIUS),
+        "test": turntable_poses(held_out, ZERO123PP_RADIUS, BLENDER_TEST_ELEVATION),
+    }
+    for split, c2w in splits.items():
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        renders = render_views(mesh, c2w, ZERO123PP_FOV, resolution)
+        rgba, normal, depth = _png_arrays(renders, DEPTH16_SCALE, np.uint16)
+        frames = []
+        for i in range(c2w.shape[0]):
+            stem = f"{split}/r_{i}"
+            _save_png(rgba[i], folder / f"{stem}.png")
+            _save_png(depth[i], folder / f"{stem}_depth.png")
+            _save_png(normal[i], folder / f"{stem}_normal.png")
+            frames.append({"file_path": f"./{stem}", "transform_matrix": renders.c2w[i].cpu().tolist()})
+        _write_json(folder / f"transforms_{split}.json",
+                    {"camera_angle_x": math.radians(ZERO123PP_FOV), "frames": frames})
+    return DEPTH16_SCALE
+
+
+def _register_training_object(output: Path, name: str) -> None:
+    """Add `name` to the loader's list of objects (`valid_paths.json`), keeping the names already there."""
+    meta = output / TRAINING_META
+    names = set(json.loads(meta.read_text())[TRAINING_META_KEY]) if meta.is_file() else set()
+    _write_json(meta, {TRAINING_META_KEY: sorted(names | {name})})
+
+
+def _png_arrays(renders: Renders, depth_levels_per_unit: float,
+                depth_dtype: type[np.uint8] | type[np.uint16]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Renders -> PNG pixels: colour RGBA (N, H, W, 4) uint8, normals (n + 1) / 2 as RGBA (N, H, W, 4) uint8
+    (black where alpha = 0), depth * levels (N, H, W) of `depth_dtype`, each rounded and clamped to its range."""
+    normal_colors = torch.where(renders.alpha[..., None] > 0, (renders.normals + 1) / 2, 0.0)
+    rgba, normal = (torch.cat([colors, renders.alpha[..., None]], dim=-1).clamp(0, 1) * UINT8_MAX
+                    for colors in (renders.rgb, normal_colors))
+    max_level = np.iinfo(depth_dtype).max
+    depth = (renders.depth * depth_levels_per_unit).round().clamp(0, max_level)
+    return (rgba.round().to(torch.uint8).cpu().numpy(), normal.round().to(torch.uint8).cpu().numpy(),
+            depth.cpu().numpy().astype(depth_dtype))
+
+
+def _save_png(pixels: np.ndarray, path: Path) -> None:
+    """(H, W, 4) uint8 RGBA, (H, W) uint8 grey or (H, W) uint16 grey -> PNG."""
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path, format="PNG")
+
+
+def _write_json(path: Path, data: object) -> None:
+    """Write JSON under a temporary name and rename it into place, so readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
