@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from lrmesh.config import PRESETS, ModelConfig, load_reference_yaml
+from lrmesh.config import PRESETS, ModelConfig, load_reference_yaml, preset
 from lrmesh.errors import LrmeshError
 from lrmesh.model.lrm import LRM
 
@@ -136,7 +136,7 @@ def infer_config(state: dict[str, Tensor], source: str = "checkpoint") -> tuple[
     wanted = _signature_of_state(state)
     for name, cfg in PRESETS.items():
         if _signature_of_model(cfg) == wanted:
-            return name, cfg
+            return name, preset(name)
     raise CheckpointError(f"{source}: its tensor shapes match no preset ({_describe(wanted)}); "
                           f"pass a config (--config) that describes it. Presets: {sorted(PRESETS)}")
 

@@ -6,6 +6,7 @@ in a YAML override is an error instead of a silent no-op.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,7 @@ PRESETS: dict[str, ModelConfig] = {
 def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name])
+    return copy.deepcopy(PRESETS[name])  # callers may edit it; the table stays as it is
 
 
 # ---------------------------------------------------------------------------------------------------------
