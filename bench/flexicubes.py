@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lrmesh.geometry.flexicubes import (  # noqa: E402
+from lrmesh.geometry.flexicubes import (
     FLEXI_WEIGHTS,
     flexicubes_extract,
     flexicubes_grid,

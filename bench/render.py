@@ -1,4 +1,4 @@
-"""Time multi-view rendering (`lrmesh.data.multiview.render_views`) of a 20k-triangle mesh; not a test.
+"""Time multi-view rendering (`lrmesh.render.shaded.render_views`) of a 20k-triangle mesh; not a test.
 
 Usage: python bench/render.py [--views 32] [--resolution 320] [--threads N] [--repeat 3]
 
@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lrmesh.cameras import ZERO123PP_FOV, ZERO123PP_RADIUS, turntable_poses  # noqa: E402
-from lrmesh.render.shaded import FAR, NEAR, render_views  # noqa: E402
-from lrmesh.data.synthetic import OBJECT_RADIUS  # noqa: E402
-from lrmesh.geometry.mesh import Mesh  # noqa: E402
-from lrmesh.render.raster import project, rasterize  # noqa: E402
+from lrmesh.cameras import ZERO123PP_FOV, ZERO123PP_RADIUS, turntable_poses
+from lrmesh.data.synthetic import OBJECT_RADIUS
+from lrmesh.geometry.mesh import Mesh
+from lrmesh.render.raster import project, rasterize
+from lrmesh.render.shaded import FAR, NEAR, render_views
 
 ICOSPHERE_SUBDIVISIONS = 5  # 20 * 4^5 = 20,480 triangles
 TARGET_SECONDS = 5.0  # for 32 views at 320 px on the CPU

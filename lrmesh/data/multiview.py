@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -71,7 +70,7 @@ from lrmesh.errors import InputError
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.io.mesh import GLB_FRAME, MESH_FORMATS, FileFrame, from_file_frame, save_mesh
 from lrmesh.io.views import GRID_COLS, GRID_ROWS, NUM_VIEWS
-from lrmesh.render.shaded import UNCOLORED, render_views
+from lrmesh.render.shaded import UNCOLORED, Renders, render_views
 
 Layout = Literal["training", "zero123pp", "blender"]  # one of LAYOUTS
 
