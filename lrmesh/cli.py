@@ -132,6 +132,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="views per object (default: 32 training, 100 blender train views; zero123pp is always 6)")
     p.add_argument("--resolution", type=int, default=None,
                    help=f"view size in pixels (default: {', '.join(f'{k} {v}' for k, v in SYNTH_RESOLUTION.items())})")
+    p.add_argument("--zero123pp-inputs", action="store_true",
+                   help="training layout: make the first six views the Zero123++ views (radius 4, fov 30), the "
+                        "views `lrmesh reconstruct` is given, and the rest random")
     p.add_argument("--seed", type=int, default=0,
                    help="object i gets seed S + i for its shape (procedural) and its random cameras")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -153,6 +156,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise LrmeshError(f"--seed must be 0 or more (numpy seeds are unsigned), got {args.seed}")
     if views < 1 or resolution < 1:
         raise LrmeshError(f"--views and --resolution must be at least 1, got {views} and {resolution}")
+    if args.zero123pp_inputs and (args.layout != "training" or views <= 6):
+        raise LrmeshError("--zero123pp-inputs needs --layout training and more than 6 --views")
     if args.layout == "zero123pp" and args.views not in (None, default_views("zero123pp")):
         print(f"lrmesh: note: the zero123pp layout always has its 6 views; --views {args.views} is ignored",
               file=sys.stderr)
@@ -166,7 +171,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             else:
                 (mesh, to_model), source = load_source_mesh(path), str(path)
             folder = write_object(mesh.to(device), args.output, name, args.layout, views, resolution, seed, source,
-                                  to_model)
+                                  to_model, zero123pp_inputs=args.zero123pp_inputs)
         except LrmeshError as err:
             tqdm.write(f"lrmesh: warning: skipped: {err}", file=sys.stderr)
             failed.append(str(path))

@@ -84,6 +84,7 @@ TRAINING_META, TRAINING_META_KEY = "valid_paths.json", "good_objs"
 TRAINING_CAMERAS, TRAINING_POSES_KEY = "cameras.npz", "cam_poses"
 TRAINING_DEPTH_SCALE = 6.0  # the loader's depth_scale: depth = png / 255 * 6
 TRAINING_FOV = 50.0
+TRAINING_FOV_KEY = "fov"  # optional (N,) degrees in cameras.npz; absent means TRAINING_FOV for every view
 TRAINING_DISTANCE = (2.0, 3.5)  # camera distance range of the reference's Objaverse renders
 TRAINING_HEIGHT = (-0.75, 1.6)  # camera z range, likewise
 
@@ -234,10 +235,14 @@ def default_views(layout: Layout) -> int:
 
 
 def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layout, num_views: int, resolution: int,
-                 seed: int, source: str, source_to_model: np.ndarray | None = None) -> Path:
+                 seed: int, source: str, source_to_model: np.ndarray | None = None,
+                 zero123pp_inputs: bool = False) -> Path:
     """Render `mesh` (model frame) and write it, its ground truth and metadata in `layout` under `output`.
 
-    `num_views` is ignored by the zero123pp layout (always its six views). Returns the object's folder.
+    `num_views` is ignored by the zero123pp layout (always its six views). With `zero123pp_inputs` the training
+    layout's first six views are the Zero123++ views (radius 4, fov 30: what `lrmesh reconstruct` is given) and
+    the rest random; their fov goes in cameras.npz under `fov` (the reference loader ignores it). Returns the
+    object's folder.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -247,7 +252,13 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
     rng = np.random.default_rng([CAMERA_STREAM, seed])
     if layout == "training":
         folder = output / TRAINING_IMAGE_DIR / name
-        depth_scale = _write_training(mesh, folder, training_poses(rng, num_views), resolution)
+        c2w = training_poses(rng, num_views)
+        fov = torch.full((num_views,), TRAINING_FOV)
+        if zero123pp_inputs:
+            if num_views <= NUM_VIEWS:
+                raise ValueError(f"zero123pp_inputs needs more than {NUM_VIEWS} views, got {num_views}")
+            c2w[:NUM_VIEWS], fov[:NUM_VIEWS] = zero123pp_poses(), ZERO123PP_FOV
+        depth_scale = _write_training(mesh, folder, c2w, fov, resolution)
     elif layout == "zero123pp":
         folder = output / name
         depth_scale = _write_zero123pp(mesh, folder, resolution)
@@ -265,18 +276,24 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
     return folder
 
 
-def _write_training(mesh: Mesh, folder: Path, c2w: Tensor, resolution: int) -> float:
-    """`%03d.png`, `%03d_normal.png`, `%03d_depth.png`, `cameras.npz`; returns depth PNG levels per unit."""
+def _write_training(mesh: Mesh, folder: Path, c2w: Tensor, fov: Tensor, resolution: int) -> float:
+    """`%03d.png`, `%03d_normal.png`, `%03d_depth.png`, `cameras.npz` (+ `fov` when any view's differs from
+    TRAINING_FOV); returns depth PNG levels per unit."""
     folder.mkdir(parents=True, exist_ok=True)
     levels_per_unit = UINT8_MAX / TRAINING_DEPTH_SCALE
-    renders = render_views(mesh, c2w, TRAINING_FOV, resolution)
-    rgba, normal, depth = _png_arrays(renders, levels_per_unit, np.uint8)
-    for i in range(c2w.shape[0]):
-        _save_png(rgba[i], folder / f"{i:03d}.png")
-        _save_png(normal[i], folder / f"{i:03d}_normal.png")
-        _save_png(depth[i], folder / f"{i:03d}_depth.png")
-    w2c = torch.linalg.inv(renders.c2w.double().cpu())[:, :3, :].float().numpy()  # (N, 3, 4)
-    np.savez(folder / TRAINING_CAMERAS, **{TRAINING_POSES_KEY: w2c})
+    for value in torch.unique(fov).tolist():
+        index = torch.nonzero(fov == value)[:, 0]
+        renders = render_views(mesh, c2w[index], value, resolution)
+        rgba, normal, depth = _png_arrays(renders, levels_per_unit, np.uint8)
+        for k, i in enumerate(index.tolist()):
+            _save_png(rgba[k], folder / f"{i:03d}.png")
+            _save_png(normal[k], folder / f"{i:03d}_normal.png")
+            _save_png(depth[k], folder / f"{i:03d}_depth.png")
+    w2c = torch.linalg.inv(c2w.double().cpu())[:, :3, :].float().numpy()  # (N, 3, 4)
+    arrays = {TRAINING_POSES_KEY: w2c}
+    if bool((fov != TRAINING_FOV).any()):
+        arrays[TRAINING_FOV_KEY] = fov.numpy().astype(np.float32)
+    np.savez(folder / TRAINING_CAMERAS, **arrays)
     return levels_per_unit
 
 

@@ -247,3 +247,20 @@ def test_a_mesh_without_triangles_is_refused_by_name(tmp_path):
     trimesh.PointCloud(np.random.default_rng(0).normal(size=(10, 3))).export(path)
     with pytest.raises(InputError, match="points.ply"):
         load_source_mesh(path)
+
+
+def test_training_layout_can_start_with_the_zero123pp_views(tmp_path):
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=OBJECT_RADIUS)
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    folder = write_object(mesh, tmp_path, "ball", "training", 8, 32, 3, "test", zero123pp_inputs=True)
+    cameras = np.load(folder / "cameras.npz")
+    assert cameras["fov"].tolist() == [ZERO123PP_FOV] * 6 + [TRAINING_FOV] * 2
+    c2w = np.linalg.inv(np.concatenate([cameras["cam_poses"], np.tile([[[0, 0, 0, 1]]], (8, 1, 1))], axis=1))
+    expected = zero123pp_cameras()[:, :12].reshape(6, 3, 4).numpy()
+    np.testing.assert_allclose(c2w[:6, :3], expected, atol=1e-5)
+    # Same pixels as the zero123pp layout's first view.
+    first = np.asarray(Image.open(folder / "000.png"))
+    reference = render_views(mesh, torch.from_numpy(c2w[:1]).float(), ZERO123PP_FOV, 32).alpha[0].numpy()
+    np.testing.assert_allclose(first[..., 3] / 255.0, reference, atol=1 / 255)
+    with pytest.raises(ValueError, match="more than 6 views"):
+        write_object(mesh, tmp_path, "few", "training", 6, 32, 3, "test", zero123pp_inputs=True)
