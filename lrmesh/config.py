@@ -30,6 +30,7 @@ class EncoderConfig:
     intermediate_size: int = 3072  # MLP hidden width
     patch_size: int = 16  # square patches, pixels
     image_size: int = 224  # the position-embedding grid is image_size / patch_size on a side
+    input_size: int = 0  # views are resized to this side before patching; 0 keeps them as given (the releases)
     layer_norm_eps: float = 1e-12  # HF ViT default, kept by the checkpoints
     qkv_bias: bool = True  # biases on the query/key/value projections
     camera_dim: int = 16  # 12 pose numbers + 4 intrinsics (see cameras.py)
@@ -80,10 +81,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _build(cls, data, "model")
+        return build_config(cls, data, "model")
 
 
-def _build(cls: type, data: dict[str, Any], where: str):
+def build_config(cls: type, data: dict[str, Any], where: str):
     """Instantiate a (nested) config dataclass from a dict, refusing unknown keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
@@ -95,7 +96,7 @@ def _build(cls: type, data: dict[str, Any], where: str):
     for name, value in data.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
-            values[name] = _build(type(default), value, f"{where}.{name}")
+            values[name] = build_config(type(default), value, f"{where}.{name}")
         elif isinstance(default, tuple):
             values[name] = tuple(value)
         else:
@@ -119,6 +120,15 @@ def _tiny(kind: str) -> ModelConfig:
     )
 
 
+def _small(kind: str) -> ModelConfig:
+    return ModelConfig(
+        encoder=EncoderConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256, input_size=128),
+        transformer=TransformerConfig(dim=128, num_layers=4, num_heads=4, low_res=16, triplane_dim=16),
+        synthesizer=SynthesizerConfig(kind=kind, hidden_dim=64, samples_per_ray=48, grid_res=32,
+                                      mesh_resolution=96, mesh_threshold=5.0),
+    )
+
+
 PRESETS: dict[str, ModelConfig] = {
     # The official InstantMesh releases (configs/*.yaml of the reference).
     "instant-mesh-large": _preset("mesh", 16, 80, 128),
@@ -127,6 +137,11 @@ PRESETS: dict[str, ModelConfig] = {
     "instant-nerf-base": _preset("nerf", 12, 40, 96),
     "tiny": _tiny("mesh"),
     "tiny-nerf": _tiny("nerf"),
+    # The model lrmesh trains and ships (lrmesh/assets/lrmesh-small.safetensors, ~2M parameters): views
+    # resized to 128 px (64 tokens each), a 32^2 triplane, a 32^3 FlexiCubes grid. Trained on this project's
+    # synthetic objects, see configs/train-small-*.yaml and the README.
+    "small": _small("mesh"),
+    "small-nerf": _small("nerf"),
 }
 
 

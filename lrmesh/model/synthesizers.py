@@ -25,7 +25,7 @@ from lrmesh.geometry.flexicubes import flexicubes_extract, flexicubes_grid, surf
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.model.decoders import MeshDecoder, NerfDecoder, NerfSample
 from lrmesh.model.triplane import sample_triplanes
-from lrmesh.render.volume import render_rays
+from lrmesh.render.volume import RenderOutput, render_rays
 
 # Points per chunk for field queries: 2^18 points x 240 features x 4 bytes = 250 MB at the large preset.
 POINT_CHUNK = 2**18
@@ -65,23 +65,30 @@ class NerfSynthesizer(nn.Module):
             images_rgb (B, M, 3, S, S), images_depth (B, M, 1, S, S), images_weight (B, M, 1, S, S).
         """
         b, m = cameras.shape[:2]
-        n_coarse = n_fine = self.cfg.samples_per_ray // 2
         out: dict[str, list[Tensor]] = {"images_rgb": [], "images_depth": [], "images_weight": []}
         for i in range(b):
             for j in range(m):  # one camera per call, as the reference renders frames
                 origins, dirs = pixel_rays(cameras[i, j:j + 1], resolution)
-
-                def field(points: Tensor, i: int = i) -> tuple[Tensor, Tensor]:
-                    sample = self.query(planes[i:i + 1], points.reshape(1, -1, 3))
-                    return sample.sigma.reshape(*points.shape[:-1], 1), sample.rgb.reshape(*points.shape[:-1], 3)
-
-                r = render_rays(field, origins[0], dirs[0], n_coarse, n_fine, box_half_side=self.cfg.box_warp / 2,
-                                u_stratified=None if u_stratified is None else u_stratified[i, j],
-                                u_importance=None if u_importance is None else u_importance[i, j],
-                                generator=generator, chunk=RAY_CHUNK)
+                r = self.render_rays(planes[i:i + 1], origins[0], dirs[0],
+                                     u_stratified=None if u_stratified is None else u_stratified[i, j],
+                                     u_importance=None if u_importance is None else u_importance[i, j],
+                                     generator=generator)
                 for key, value in (("images_rgb", r.rgb), ("images_depth", r.depth), ("images_weight", r.opacity)):
                     out[key].append(value.T.reshape(-1, resolution, resolution))
         return {k: torch.stack(v).reshape(b, m, *v[0].shape) for k, v in out.items()}
+
+    def render_rays(self, planes: Tensor, origins: Tensor, dirs: Tensor, u_stratified: Tensor | None = None,
+                    u_importance: Tensor | None = None, generator: torch.Generator | None = None) -> RenderOutput:
+        """Volume-render rays (R, 3) through one triplane (1, 3, C, H, W): `samples_per_ray` / 2 stratified
+        samples, as many importance samples, inside the box the planes span."""
+        n_coarse = n_fine = self.cfg.samples_per_ray // 2
+
+        def field(points: Tensor) -> tuple[Tensor, Tensor]:
+            sample = self.query(planes, points.reshape(1, -1, 3))
+            return sample.sigma.reshape(*points.shape[:-1], 1), sample.rgb.reshape(*points.shape[:-1], 3)
+
+        return render_rays(field, origins, dirs, n_coarse, n_fine, box_half_side=self.cfg.box_warp / 2,
+                           u_stratified=u_stratified, u_importance=u_importance, generator=generator, chunk=RAY_CHUNK)
 
     @torch.no_grad()
     def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None) -> Mesh:

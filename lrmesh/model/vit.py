@@ -105,6 +105,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         d = cfg.hidden_size
         self.vit = ModulatedViT(cfg)
+        self.input_size = cfg.input_size
         self.camera_embedder = nn.Sequential(nn.Linear(cfg.camera_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -112,6 +113,9 @@ class ImageEncoder(nn.Module):
     def forward(self, images: Tensor, cameras: Tensor) -> Tensor:
         b, v = images.shape[:2]
         x = rearrange(images, "b v c h w -> (b v) c h w").float()
+        if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
         x = (x - self.mean) / self.std
         cond = self.camera_embedder(rearrange(cameras, "b v c -> (b v) c"))  # (B*V, D)
         tokens = self.vit(x.to(cond.dtype), cond)  # (B*V, L, D)

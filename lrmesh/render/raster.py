@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrmesh.cameras import focal_from_fov
+from lrmesh.cameras import intrinsics_matrix
 from lrmesh.render.antialias import blend_silhouettes
 
 Backend = Literal["auto", "torch", "nvdiffrast"]
@@ -81,13 +81,23 @@ def perspective(fov_deg: float, near: float, far: float) -> Tensor:
     u = 0.5 + f x / -z (left to right), v = 0.5 - f y / -z (top to bottom), f = 0.5 / tan(fov / 2); NDC is
     (2u - 1, 1 - 2v), and NDC z maps [near, far] to [-1, 1] as glFrustum does. float64.
     """
+    return perspective_from_intrinsics(intrinsics_matrix(fov_deg).double(), near, far)
+
+
+def perspective_from_intrinsics(k: Tensor, near: float, far: float) -> Tensor:
+    """OpenGL projection matrices for normalised intrinsics (..., 3, 3) (fx, fy, cx, cy in image units, as
+    `lrmesh.cameras.intrinsics_matrix`) -> (..., 4, 4), same dtype.
+
+    u = cx + fx x / -z and NDC x = 2u - 1 give clip x = 2 fx x + (2 cx - 1)(-z); v = cy - fy y / -z and
+    NDC y = 1 - 2v give clip y = 2 fy y + (1 - 2 cy)(-z); clip w = -z. A crop of a zoomed image is such a camera.
+    """
     if not 0 < near < far:
         raise ValueError(f"need 0 < near < far, got near={near}, far={far}")
-    ndc_focal = 2 * focal_from_fov(fov_deg)  # NDC spans 2 normalised image units
-    proj = torch.zeros(4, 4, dtype=torch.float64)
-    proj[0, 0] = proj[1, 1] = ndc_focal
-    proj[2, 2], proj[2, 3] = -(far + near) / (far - near), -2 * far * near / (far - near)
-    proj[3, 2] = -1.0
+    proj = k.new_zeros(*k.shape[:-2], 4, 4)
+    proj[..., 0, 0], proj[..., 0, 2] = 2 * k[..., 0, 0], 1 - 2 * k[..., 0, 2]  # times z: (2 cx - 1)(-z)
+    proj[..., 1, 1], proj[..., 1, 2] = 2 * k[..., 1, 1], 2 * k[..., 1, 2] - 1
+    proj[..., 2, 2], proj[..., 2, 3] = -(far + near) / (far - near), -2 * far * near / (far - near)
+    proj[..., 3, 2] = -1.0
     return proj
 
 
@@ -101,8 +111,13 @@ def project(vertices: Tensor, c2w: Tensor, fov_deg: float, near: float = 0.1, fa
     Returns:
         (N, V, 4) clip coordinates.
     """
+    return project_intrinsics(vertices, c2w, intrinsics_matrix(fov_deg).to(c2w), near, far)
+
+
+def project_intrinsics(vertices: Tensor, c2w: Tensor, k: Tensor, near: float = 0.1, far: float = 100.0) -> Tensor:
+    """`project` for cameras given by normalised intrinsics k: (3, 3) shared or (N, 3, 3) -> (N, V, 4)."""
     w2c = torch.linalg.inv(c2w)  # (N, 4, 4)
-    proj = perspective(fov_deg, near, far).to(c2w)
+    proj = perspective_from_intrinsics(k, near, far).to(c2w)
     homogeneous = F.pad(vertices.to(c2w), (0, 1), value=1.0)  # (V, 4)
     return homogeneous @ (proj @ w2c).transpose(1, 2)  # (V, 4) x (N, 4, 4) -> (N, V, 4)
 
