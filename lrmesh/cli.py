@@ -20,7 +20,7 @@ VIDEO_RADIUS = 4.5  # the reference CLI's turntable distance
 VIDEO_ELEVATION = 20.0
 # `lrmesh synth` view size per layout: the reference trains on 512 px renders, Zero123++ views are 320 px, and
 # 400 px is NeRF-synthetic's usual half resolution.
-SYNTH_RESOLUTION = {"training": 512, "zero123pp": 320, "blender": 400}
+SYNTH_RESOLUTION = {"training": 512, "zero123pp": 320, "blender": 400, "dtu": 400, "colmap": 400}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -74,10 +74,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     with resources.as_file(ASSETS) as assets:
         view_sources = args.views or [assets / EXAMPLE_VIEWS]
-        checkpoint = Path(args.checkpoint) if args.checkpoint else assets / DEFAULT_CHECKPOINT
-        if not args.checkpoint:
-            say("lrmesh: no --checkpoint given: using the bundled tiny model, whose weights are RANDOM "
-                "(a parity-test model). Its mesh shows the pipeline works, not what the object looks like.")
+        checkpoint = _checkpoint_path(args.checkpoint, assets, say)
         views = load_views(view_sources if len(view_sources) > 1 else view_sources[0], args.num_views)
         say(f"lrmesh: loading {checkpoint}")
         model = load_model(checkpoint, args.config).to(device)
@@ -100,6 +97,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _checkpoint_path(checkpoint: str | None, assets: Path, say) -> Path:
+    """--checkpoint, or the bundled default (inside `assets`, the open ASSETS folder), said to be random."""
+    if checkpoint:
+        return Path(checkpoint)
+    say("lrmesh: no --checkpoint given: using the bundled tiny model, whose weights are RANDOM "
+        "(a parity-test model). Its mesh shows the pipeline works, not what the object looks like.")
+    return assets / DEFAULT_CHECKPOINT
 
 
 def _write_video(mesh, args: argparse.Namespace, output: Path, say) -> list[Path]:
@@ -127,9 +133,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--mesh", nargs="+", metavar="FILE", help="mesh files to render")
     p.add_argument("--layout", choices=LAYOUTS, default="training",
                    help="training: InstantMesh's training data (rendering_random_32views/, valid_paths.json); "
-                        "zero123pp: a 640x960 view grid per object; blender: NeRF-synthetic transforms_*.json")
+                        "zero123pp: a 640x960 view grid per object; blender: NeRF-synthetic transforms_*.json; "
+                        "dtu: NeuS's DTU layout (cameras_sphere.npz, image/, mask/); colmap: images/ + sparse/0 "
+                        "in a random similarity frame")
     p.add_argument("--views", type=int, default=None,
-                   help="views per object (default: 32 training, 100 blender train views; zero123pp is always 6)")
+                   help="views per object (default: 32 training, 100 blender train views, 64 dtu, 100 colmap; "
+                        "zero123pp is always 6)")
     p.add_argument("--resolution", type=int, default=None,
                    help=f"view size in pixels (default: {', '.join(f'{k} {v}' for k, v in SYNTH_RESOLUTION.items())})")
     p.add_argument("--zero123pp-inputs", action="store_true",
@@ -200,12 +209,85 @@ def _synth_jobs(args: argparse.Namespace) -> list[tuple[str, int, Path | None]]:
     return jobs
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the reconstruction model (stage 1 NeRF, stage 2 mesh)",
+                       description="Train a stage from a YAML config (a file, or a name under lrmesh/configs: "
+                                   "instant-nerf-large, instant-mesh-large, small-stage1, small-stage2, tiny-stage1, "
+                                   "tiny-stage2), with key=value overrides checked against the config, e.g. "
+                                   "data.root=data/objaverse optim.lr=1e-4 devices=8.")
+    p.add_argument("config", help="YAML file or config name")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT/checkpoints/last.ckpt (same steps and samples as without a stop)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lrmesh.train.config import load_train_config
+    from lrmesh.train.run import train
+
+    cfg = load_train_config(args.config, args.overrides)
+    train(cfg, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a model on held-out objects with ground-truth meshes",
+                       description="Reconstruct every object of a folder written by `lrmesh synth --layout zero123pp` "
+                                   "and score it against its gt.glb: Chamfer distance, F-score at 0.1 and 0.2, "
+                                   "volume IoU, and novel-view PSNR / SSIM / LPIPS (LPIPS only when its weights are "
+                                   "already on disk), beside an oracle sphere baseline. Writes metrics.csv and "
+                                   "summary.json and prints the means.")
+    p.add_argument("folder", help="folder of objects (<name>/grid.png, cameras.json, gt.glb)")
+    p.add_argument("-c", "--checkpoint", help="official InstantMesh .ckpt or lrmesh .safetensors "
+                                              "(default: bundled tiny model with RANDOM weights)")
+    p.add_argument("--config", help="reference-format YAML for the checkpoint (default: inferred from it)")
+    p.add_argument("-o", "--output", help="folder for metrics.csv and summary.json "
+                                          "(default: outputs/evaluate/<folder name>)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N objects (by name)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the surface and volume samples")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    from lrmesh.checkpoints import load_model
+    from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, evaluate_folder, find_objects, format_table
+
+    if args.limit is not None and args.limit < 1:
+        raise LrmeshError(f"--limit must be at least 1, got {args.limit}")
+    find_objects(args.folder)  # a folder without objects is an error before the model loads
+    torch.manual_seed(args.seed)
+    device = _resolve_device(args.device)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    with resources.as_file(ASSETS) as assets:
+        checkpoint = _checkpoint_path(args.checkpoint, assets, say)
+        say(f"lrmesh: loading {checkpoint}")
+        model = load_model(checkpoint, args.config).to(device)
+    output = Path(args.output) if args.output else Path("outputs") / "evaluate" / Path(args.folder).resolve().name
+    with warnings.catch_warnings():  # skipped objects and LPIPS as one line each, above the progress bar
+        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"lrmesh: warning: {message}", file=sys.stderr)
+        summary = evaluate_folder(model, args.folder, output, limit=args.limit, device=device, seed=args.seed,
+                                  show_progress=not args.quiet)
+    print(format_table(summary))
+    say(f"lrmesh: wrote {output / CSV_NAME} and {output / SUMMARY_NAME}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrmesh", description="A few images of an object in, a 3D mesh out.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_reconstruct(sub)
     _add_synth(sub)
+    _add_evaluate(sub)
+    _add_train(sub)
     return parser
 
 

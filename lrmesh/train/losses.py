@@ -1,0 +1,61 @@
+"""Training losses of the two stages (InstantMesh, Xu et al. 2024, sec. 3.3; weights in `LossConfig`).
+
+Stage 1: L = L_mse + w_lpips L_lpips + w_mask L_mask on rendered crops.
+Stage 2 adds L1 depth and normal consistency on covered pixels, and the FlexiCubes regularisers: the
+sign-flip cross-entropy on grid edges (Shen et al. 2023, FlexiCubes eq. 9's L_sdf), the dual-vertex deviation
+L_dev, and the weight magnitude.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lrmesh.geometry.flexicubes_tables import CUBE_EDGES
+
+def grid_edges(cubes: Tensor) -> Tensor:
+    """Unique edges of a cube grid: (M, 8) vertex indices -> (E, 2), each edge once."""
+    pairs = torch.tensor(CUBE_EDGES, device=cubes.device)  # (12, 2) corner slots
+    edges = cubes[:, pairs].reshape(-1, 2)  # (12M, 2)
+    return torch.unique(torch.sort(edges, dim=1).values, dim=0)
+
+
+def sdf_sign_entropy(sdf: Tensor, edges: Tensor) -> Tensor:
+    """Binary cross-entropy pushing each end of a sign-changing edge towards the other's sign (L_sdf).
+
+    sdf (N,), edges (E, 2) -> scalar; zero when no edge changes sign."""
+    ends = sdf[edges]  # (E, 2)
+    flips = ends[torch.sign(ends[:, 0]) != torch.sign(ends[:, 1])]
+    if flips.numel() == 0:
+        return sdf.sum() * 0
+    a, b = flips[:, 0], flips[:, 1]
+    return (F.binary_cross_entropy_with_logits(a, (b > 0).float())
+            + F.binary_cross_entropy_with_logits(b, (a > 0).float()))
+
+
+def image_mse(render: Tensor, target: Tensor) -> Tensor:
+    """MSE of colours mapped to [-1, 1] (the reference's convention): 4x the MSE in [0, 1]."""
+    return F.mse_loss(render * 2 - 1, target * 2 - 1)
+
+
+def masked_l1(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    covered = mask > 0
+    if not covered.any():
+        return render.sum() * 0
+    return F.l1_loss(render[covered], target[covered])
+
+
+def normal_consistency(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """1 - mean |cos| between rendered and target normals (..., 3, H, W) on covered pixels mask (..., 1, H, W).
+    The absolute value ignores which way a normal points (the reference's choice)."""
+    similarity = (render * target).sum(dim=-3).abs()  # (..., H, W)
+    covered = mask.squeeze(-3) > 0
+    if not covered.any():
+        return render.sum() * 0
+    return 1 - similarity[covered].mean()
+
+
+def psnr_from_mse(mse01: Tensor) -> Tensor:
+    """PSNR in dB of an MSE measured on [0, 1] colours."""
+    return -10 * torch.log10(mse01.clamp(min=1e-10))

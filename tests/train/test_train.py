@@ -1,0 +1,155 @@
+"""Training: two-step runs of both stages, resume, NaN stop, bad samples, configs, camera crops."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from lrmesh.cameras import intrinsics_matrix, orbit_poses, pixel_rays
+from lrmesh.config import preset
+from lrmesh.data.multiview import write_object
+from lrmesh.data.synthetic import random_object
+from lrmesh.errors import ConfigError, InputError
+from lrmesh.model.lrm import LRM
+from lrmesh.render.raster import project_intrinsics
+from lrmesh.train.config import load_train_config
+from lrmesh.train.data import MultiviewDataset, crop_intrinsics, list_objects
+from lrmesh.train.module import TrainingDiverged, nerf_to_mesh_state
+from lrmesh.train.run import last_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    for seed in range(3):
+        write_object(random_object(seed), root, f"obj{seed}", "training", 10, 32, seed, "test")
+    return root
+
+
+def _cfg(name, root, output, *extra):
+    return load_train_config(name, [f"data.root={root}", f"output={output}", "loss.lpips=0", "log_every=1",
+                                    *extra])
+
+
+def _losses(output):
+    rows = {}
+    for path in sorted(output.glob("logs/version_*/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("loss"):
+                    rows[int(float(row["train/step"]))] = float(row["loss"])
+    return rows
+
+
+@pytest.mark.slow
+def test_two_steps_of_each_stage_then_resume_repeats_the_same_curve(tiny_data, tmp_path):
+    stage1 = train(_cfg("tiny-stage1", tiny_data, tmp_path / "s1"), progress=False)
+    assert stage1.global_step == 2
+    assert (tmp_path / "s1" / "stage1.safetensors").is_file()
+    assert list((tmp_path / "s1" / "images").glob("val_*.png"))
+
+    init = tmp_path / "s1" / "stage1.safetensors"
+    full = train(_cfg("tiny-stage2", tiny_data, tmp_path / "full", f"init={init}", "max_steps=4"), progress=False)
+    assert full.global_step == 4
+    # Interrupted after two steps, resumed to four: same steps, same losses.
+    train(_cfg("tiny-stage2", tiny_data, tmp_path / "cut", f"init={init}", "max_steps=2"), progress=False)
+    resumed = train(_cfg("tiny-stage2", tiny_data, tmp_path / "cut", f"init={init}", "max_steps=4"), resume=True,
+                    progress=False)
+    assert resumed.global_step == 4
+    expected, got = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(expected) == sorted(got) == [0, 1, 2, 3]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # thread-order rounding only
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    train(_cfg("tiny-stage1", tiny_data, tmp_path, "max_steps=1"), progress=False)
+    before = last_checkpoint(_cfg("tiny-stage1", tiny_data, tmp_path)).read_bytes()
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 1 .*last good checkpoint"):
+        train(_cfg("tiny-stage1", tiny_data, tmp_path, "loss.mse=.nan", "max_steps=3"), resume=True,
+              progress=False)
+    assert last_checkpoint(_cfg("tiny-stage1", tiny_data, tmp_path)).read_bytes() == before
+
+
+def test_corrupt_and_missing_samples_are_skipped_by_name(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    (root / "rendering_random_32views" / "obj0" / "003.png").write_bytes(b"not a png")
+    (root / "rendering_random_32views" / "obj1" / "cameras.npz").unlink()
+    cfg = _cfg("tiny-stage1", root, tmp_path / "out")
+    dataset = MultiviewDataset(cfg.data, list_objects(root), seed=0)
+    with pytest.warns(UserWarning) as caught:
+        samples = [dataset[i] for i in range(6)]
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'obj0'" in messages and "'obj1'" in messages
+    assert all(s["target_images"].shape == (8, 3, 16, 16) for s in samples)
+    shutil.rmtree(root / "rendering_random_32views" / "obj2")
+    with pytest.raises(InputError, match="could not be read"), pytest.warns(UserWarning):
+        MultiviewDataset(cfg.data, list_objects(root), seed=0)[0]
+
+
+def test_samples_are_a_function_of_their_index(tiny_data, tmp_path):
+    cfg = _cfg("tiny-stage1", tiny_data, tmp_path)
+    a = MultiviewDataset(cfg.data, list_objects(tiny_data), seed=3)
+    b = MultiviewDataset(cfg.data, list_objects(tiny_data), seed=3)
+    for i in (0, 5):
+        for key, value in a[i].items():
+            torch.testing.assert_close(value, b[i][key], msg=key)
+
+
+def test_config_overrides_are_checked(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        _cfg("tiny-stage1", tiny_data, tmp_path, "data.rooot=x")
+    with pytest.raises(ConfigError, match="unknown key"):
+        _cfg("tiny-stage1", tiny_data, tmp_path, "model.encoder.layers=3")
+    with pytest.raises(ConfigError, match="not a file, nor one of"):
+        load_train_config("no-such-config")
+    cfg = _cfg("tiny-stage1", tiny_data, tmp_path, "optim.lr=1e-5", "model.transformer.num_layers=1")
+    assert cfg.optim.lr == 1e-5 and cfg.model_config().transformer.num_layers == 1
+
+
+def test_stage_two_starts_from_the_stage_one_field():
+    torch.manual_seed(0)
+    nerf = LRM(preset("tiny-nerf"))
+    mesh = LRM(preset("tiny"))
+    state = nerf_to_mesh_state(nerf.state_dict(), nerf.cfg.synthesizer.num_layers)
+    missing, unexpected = mesh.load_state_dict(state, strict=False)
+    assert not unexpected and all("net_deformation" in k or "net_weight" in k for k in missing)
+    features = torch.randn(50, 3 * nerf.cfg.transformer.triplane_dim)
+    sample = nerf.synthesizer.decoder(features)
+    torch.testing.assert_close(mesh.synthesizer.decoder.sdf(features), 10.0 - sample.sigma)
+    torch.testing.assert_close(mesh.synthesizer.decoder.rgb(features), sample.rgb)
+
+
+def test_a_crop_camera_sees_the_crop():
+    # The rays of the crop camera are the full image's rays of the cropped pixels.
+    c2w = orbit_poses([30.0], [20.0], 4.0)[0]
+    k = intrinsics_matrix(30.0)
+    full, crop, x0, y0 = 40, 16, 12, 20
+    k_crop = crop_intrinsics(k, x0 / full, y0 / full, crop / full)
+    _, dirs_full = pixel_rays(torch.cat([c2w.reshape(16), k.reshape(9)])[None], full)
+    _, dirs_crop = pixel_rays(torch.cat([c2w.reshape(16), k_crop.reshape(9)])[None], crop)
+    expected = dirs_full[0].reshape(full, full, 3)[y0:y0 + crop, x0:x0 + crop].reshape(-1, 3)
+    torch.testing.assert_close(dirs_crop[0], expected, atol=1e-6, rtol=0)
+    # And the projection of a point along a pixel's ray lands on that pixel's centre.
+    origins, _ = pixel_rays(torch.cat([c2w.reshape(16), k_crop.reshape(9)])[None], crop)
+    pixel = 5 * crop + 11  # row 5, column 11
+    point = origins[0, pixel] + 3.7 * dirs_crop[0, pixel]
+    clip = project_intrinsics(point[None], c2w[None], k_crop)[0, 0]
+    ndc = clip[:2] / clip[3]
+    column, row = (ndc[0] + 1) / 2 * crop, (1 - ndc[1]) / 2 * crop
+    assert column.item() == pytest.approx(11.5, abs=1e-4) and row.item() == pytest.approx(5.5, abs=1e-4)
+    assert math.isclose(clip[3].item(), (point - c2w[:3, 3]) @ -c2w[:3, 2], rel_tol=1e-5)
+
+
+def test_training_folder_errors_are_clear(tmp_path):
+    with pytest.raises(InputError, match="not a training-layout folder"):
+        list_objects(tmp_path)
