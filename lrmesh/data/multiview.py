@@ -1,15 +1,15 @@
-"""Render any mesh to posed views (RGBA, depth, normals) and write them in one of three dataset layouts.
+"""Render any mesh to posed views (RGBA, depth, normals) and write them in one of the dataset layouts below.
 
 Why: training, evaluating and smoke-testing reconstruction needs posed images of objects whose ground truth is
 known: procedural ones (`lrmesh.data.synthetic`) or a user's OBJ / GLB / PLY.
 
 Rendering: `lrmesh.render.shaded.render_views` (antialiased RGBA, depth, normals).
 
-Every layout writes, per object, in its folder: `gt.glb`, the ground-truth mesh in the model frame (the world
-frame of the cameras, see `lrmesh.data.synthetic`), saved by `lrmesh.io.mesh.save_mesh` so that
-`lrmesh.io.mesh.load_mesh` returns model-frame coordinates; and `meta.json` with its source, seed,
-`source_to_model` (4x4, taking the source file's coordinates as trimesh loads them to the model frame) and
-how depth is encoded. A user's mesh is read with trimesh, turned into the model frame (GLB: glTF's y up
+Every layout writes, per object, in its folder: `gt.glb`, the ground-truth mesh in the model frame (see
+`lrmesh.data.synthetic`; the world frame of the cameras, except in dtu and colmap, see below), saved by
+`lrmesh.io.mesh.save_mesh` so that `lrmesh.io.mesh.load_mesh` returns model-frame coordinates; and `meta.json`
+with its source, seed, `source_to_model` (4x4, taking the source file's coordinates as trimesh loads them to the
+model frame) and how depth is encoded. A user's mesh is read with trimesh, turned into the model frame (GLB: glTF's y up
 becomes z up by `lrmesh.io.mesh.GLB_FRAME`; OBJ / PLY: taken as they are, z up, so a y-up OBJ lies on its side)
 and normalised like procedural objects. OBJ / PLY are deliberately not read like `lrmesh.io.mesh.load_mesh`
 reads them: that undoes the z mirror the reference writes, and applied to meshes from elsewhere it would mirror
@@ -35,6 +35,24 @@ Layouts:
   each. Radius 4.0, fov 30; train and val views uniform over the sphere between elevations -30 and 60 degrees,
   test views a turntable at elevation 20 degrees.
 
+- "dtu", the NeuS DTU layout (as NeuS's `models/dataset.py` and instant-nsr-pl's `datasets/dtu.py` read it):
+  `<name>/image/000000.png` RGB, `mask/000.png` grey coverage (the names of NeuS's released DTU scans, which
+  instant-nsr-pl opens by name; NeuS itself takes both folders in name order) and `cameras_sphere.npz` with, per
+  view i, `world_mat_i` = K @ w2c (4x4: OpenCV world-to-camera, K with pixel centres on integers, so a centred
+  principal point is ((W - 1) / 2, (H - 1) / 2) as NeuS's own preprocessing writes it) and `scale_mat_i`, the
+  similarity taking the unit sphere onto the object's bounding sphere (NeuS's rule: centred on the bounding box,
+  radius the farthest vertex).
+- "colmap", a COLMAP sparse model over photos: `<name>/images/0000.png` RGB, `masks/0000.png` grey coverage, and
+  `sparse/0/{cameras,images,points3D}.bin` (`lrmesh.data.colmap`): one PINHOLE camera, each image's pose and the
+  2-D observations of the sparse points, which are COLMAP_POINTS points sampled on the surface and kept where at
+  least MIN_TRACK views see them (they pass the depth test against the render), with their colour and tracks.
+
+dtu and colmap views are the blender layout's train views (same seed, same cameras), RGB composited on white.
+Their world frame is not the model frame: as a real capture's, it is arbitrary, a random similarity
+(`random_similarity`: rotation, translation and scale) away, recorded in meta.json as `model_to_world` (4x4,
+model frame -> the frame of the cameras and sparse points); `gt.glb` stays in the model frame. They write no depth
+or normal maps (`depth_levels_per_unit` is null).
+
 16-bit depth PNGs hold z-depth (distance along the camera's view axis) * 1000, 0 off the object.
 """
 
@@ -51,6 +69,7 @@ import torch
 import trimesh
 from einops import rearrange
 from PIL import Image
+from scipy.spatial.transform import Rotation
 from torch import Tensor
 
 from lrmesh.cameras import (
@@ -59,12 +78,22 @@ from lrmesh.cameras import (
     ZERO123PP_FOV,
     ZERO123PP_RADIUS,
     encoder_cameras,
+    focal_from_fov,
     look_at_origin,
     orbit_poses,
     spherical_positions,
     turntable_poses,
 )
-from lrmesh.data import LAYOUTS
+from lrmesh.data import LAYOUTS, colmap
+from lrmesh.data.scenes import (
+    COLMAP_IMAGES,
+    COLMAP_MASKS,
+    DTU_CAMERAS,
+    DTU_IMAGES,
+    DTU_MASKS,
+    OPENGL_FROM_OPENCV,
+    transform_poses,
+)
 from lrmesh.data.synthetic import fit_transform
 from lrmesh.errors import InputError
 from lrmesh.geometry.mesh import Mesh
@@ -72,7 +101,7 @@ from lrmesh.io.mesh import GLB_FRAME, MESH_FORMATS, FileFrame, from_file_frame, 
 from lrmesh.io.views import GRID_COLS, GRID_ROWS, NUM_VIEWS
 from lrmesh.render.shaded import UNCOLORED, Renders, render_views
 
-Layout = Literal["training", "zero123pp", "blender"]  # one of LAYOUTS
+Layout = Literal["training", "zero123pp", "blender", "dtu", "colmap"]  # one of LAYOUTS
 
 UINT8_MAX = 255
 DEPTH16_SCALE = 1000.0  # 16-bit depth PNG levels per world unit: steps of 0.001 up to 65.5 units
@@ -95,6 +124,15 @@ GRID_IMAGE, GRID_DEPTH, GRID_NORMAL, GRID_CAMERAS = "grid.png", "depth.png", "no
 BLENDER_ELEVATIONS = (-30.0, 60.0)  # degrees, range of the random train / val views
 BLENDER_TEST_ELEVATION = 20.0
 BLENDER_HELD_OUT_FRACTION = 4  # val and test each get views // 4 views (at least one)
+
+# NeuS DTU and COLMAP layouts (file names: `lrmesh.data.scenes`, which reads them).
+COLMAP_SPARSE_DIR = "sparse/0"
+COLMAP_POINTS = 400  # surface samples offered as sparse points
+MIN_TRACK = 2  # views that must see a sample for it to become a point, as COLMAP triangulates from two or more
+VISIBLE_DEPTH_PIXELS = 3.0  # a sample is seen where it lies within this many pixel footprints of the rendered depth
+WORLD_STREAM = 2  # the world frame of object `seed` comes from default_rng([WORLD_STREAM, seed])
+WORLD_SCALE = (0.1, 10.0)  # range of its log-uniform scale (model units -> world units)
+WORLD_OFFSET = 3.0  # standard deviation of its translation per axis, world units per unit of scale
 
 
 # Reading a user's mesh ------------------------------------------------------------------------------------
@@ -229,9 +267,9 @@ CAMERA_STREAM = 1  # random views of object `seed` come from default_rng([CAMERA
 
 
 def default_views(layout: Layout) -> int:
-    """Views per object when none are asked for: the reference's 32, the six Zero123++ views, or 100 (blender
-    train views, as NeRF-synthetic)."""
-    return {"training": 32, "zero123pp": NUM_VIEWS, "blender": 100}[layout]
+    """Views per object when none are asked for: the reference's 32, the six Zero123++ views, 100 (blender
+    train views, as NeRF-synthetic; colmap alike) or 64 (dtu: the most views of a DTU scan)."""
+    return {"training": 32, "zero123pp": NUM_VIEWS, "blender": 100, "dtu": 64, "colmap": 100}[layout]
 
 
 def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layout, num_views: int, resolution: int,
@@ -239,10 +277,11 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
                  zero123pp_inputs: bool = False) -> Path:
     """Render `mesh` (model frame) and write it, its ground truth and metadata in `layout` under `output`.
 
-    `num_views` is ignored by the zero123pp layout (always its six views). With `zero123pp_inputs` the training
-    layout's first six views are the Zero123++ views (radius 4, fov 30: what `lrmesh reconstruct` is given) and
-    the rest random; their fov goes in cameras.npz under `fov` (the reference loader ignores it). Returns the
-    object's folder.
+    dtu and colmap draw their views first from the camera stream, as blender draws its train views, and their
+    world frame from WORLD_STREAM. `num_views` is ignored by the zero123pp layout (always its six views). With
+    `zero123pp_inputs` the training layout's first six views are the Zero123++ views (radius 4, fov 30: what
+    `lrmesh reconstruct` is given) and the rest random; their fov goes in cameras.npz under `fov` (the reference
+    loader ignores it). Returns the object's folder.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -250,6 +289,7 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
         raise ValueError(f"need at least one view of at least one pixel, got {num_views} views of {resolution} px")
     output = Path(output)
     rng = np.random.default_rng([CAMERA_STREAM, seed])
+    extra = {}  # layout-specific meta.json entries
     if layout == "training":
         folder = output / TRAINING_IMAGE_DIR / name
         c2w = training_poses(rng, num_views)
@@ -262,14 +302,25 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
     elif layout == "zero123pp":
         folder = output / name
         depth_scale = _write_zero123pp(mesh, folder, resolution)
-    else:
+    elif layout == "blender":
         folder = output / name
         depth_scale = _write_blender(mesh, folder, rng, num_views, resolution)
+    else:
+        folder = output / name
+        c2w = sphere_poses(rng, num_views, ZERO123PP_RADIUS)  # the blender layout's train views
+        model_to_world = random_similarity(np.random.default_rng([WORLD_STREAM, seed]))
+        renders = render_views(mesh, c2w, ZERO123PP_FOV, resolution)
+        if layout == "dtu":
+            _write_dtu(mesh, folder, renders, model_to_world)
+        else:
+            _write_colmap(mesh, folder, renders, model_to_world, seed)
+        depth_scale, extra = None, {"model_to_world": model_to_world.tolist(), "background": "white"}
     save_mesh(mesh.to("cpu"), folder / GT_MESH)
     transform = np.eye(4) if source_to_model is None else source_to_model
     _write_json(folder / META, {
         "name": name, "layout": layout, "source": source, "seed": seed, "gt_mesh": GT_MESH,
         "source_to_model": transform.tolist(), "depth_levels_per_unit": depth_scale,
+        **extra,
     })
     if layout == "training":
         _register_training_object(output, name)
@@ -330,6 +381,108 @@ def _write_blender(mesh: Mesh, folder: Path, rng: np.random.Generator, num_views
         _write_json(folder / f"transforms_{split}.json",
                     {"camera_angle_x": math.radians(ZERO123PP_FOV), "frames": frames})
     return DEPTH16_SCALE
+
+
+def random_similarity(rng: np.random.Generator) -> np.ndarray:
+    """A random world frame (4, 4) = [[s R, t], [0, 1]]: R uniform over rotations (a normalised Gaussian
+    quaternion), s log-uniform in WORLD_SCALE, t Gaussian with standard deviation WORLD_OFFSET * s."""
+    quaternion = rng.normal(size=4)
+    scale = math.exp(rng.uniform(*np.log(WORLD_SCALE)))
+    similarity = np.eye(4)
+    similarity[:3, :3] = scale * Rotation.from_quat(quaternion / np.linalg.norm(quaternion)).as_matrix()
+    similarity[:3, 3] = rng.normal(scale=WORLD_OFFSET * scale, size=3)
+    return similarity
+
+
+def _write_dtu(mesh: Mesh, folder: Path, renders: Renders, model_to_world: np.ndarray) -> None:
+    """`image/%06d.png`, `mask/%03d.png` and `cameras_sphere.npz` (see the module docstring)."""
+    rgb, alpha = _photo_arrays(renders)
+    for directory in (DTU_IMAGES, DTU_MASKS):
+        (folder / directory).mkdir(parents=True, exist_ok=True)
+    for i in range(len(rgb)):
+        _save_png(rgb[i], folder / DTU_IMAGES / f"{i:06d}.png")
+        _save_png(alpha[i], folder / DTU_MASKS / f"{i:03d}.png")
+    resolution = rgb.shape[1]
+    intrinsics = np.eye(4)
+    intrinsics[0, 0] = intrinsics[1, 1] = resolution * focal_from_fov(renders.fov_deg)
+    intrinsics[0, 2] = intrinsics[1, 2] = (resolution - 1) / 2  # OpenCV: pixel centres on integers
+    w2c = np.linalg.inv(_opencv_poses(renders, model_to_world))
+    vertices = mesh.vertices.detach().cpu().double().numpy()
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    sphere = np.diag([1.0, 1.0, 1.0, 1.0])
+    sphere[:3, :3] *= np.linalg.norm(vertices - centre, axis=1).max()
+    sphere[:3, 3] = centre
+    scale_mat = model_to_world @ sphere  # a similarity maps the bounding sphere to the world's bounding sphere
+    cameras = {}
+    for i in range(len(w2c)):
+        cameras[f"world_mat_{i}"], cameras[f"scale_mat_{i}"] = intrinsics @ w2c[i], scale_mat
+    np.savez(folder / DTU_CAMERAS, **cameras)
+
+
+def _write_colmap(mesh: Mesh, folder: Path, renders: Renders, model_to_world: np.ndarray, seed: int) -> None:
+    """`images/%04d.png`, `masks/%04d.png` and the binary sparse model in `sparse/0/` (see the module docstring)."""
+    rgb, alpha = _photo_arrays(renders)
+    for directory in (COLMAP_IMAGES, COLMAP_MASKS):
+        (folder / directory).mkdir(parents=True, exist_ok=True)
+    names = [f"{i:04d}.png" for i in range(len(rgb))]
+    for i, name in enumerate(names):
+        _save_png(rgb[i], folder / COLMAP_IMAGES / name)
+        _save_png(alpha[i], folder / COLMAP_MASKS / name)
+    resolution = rgb.shape[1]
+    focal = resolution * focal_from_fov(renders.fov_deg)
+    centre = resolution / 2  # COLMAP: the top-left image corner is (0, 0)
+    camera = colmap.Camera(1, "PINHOLE", resolution, resolution, np.array([focal, focal, centre, centre]))
+    surface = trimesh.Trimesh(mesh.vertices.detach().cpu().numpy(), mesh.faces.cpu().numpy(), process=False)
+    samples = trimesh.sample.sample_surface(surface, COLMAP_POINTS, seed=seed)[0]  # (P, 3) model frame
+    pixels, seen = _observations(samples, renders, focal)  # (N, P, 2), (N, P)
+    kept = np.nonzero(seen.sum(axis=0) >= MIN_TRACK)[0]
+    first_view = seen[:, kept].argmax(axis=0)
+    columns, rows = np.floor(pixels[first_view, kept]).astype(int).T
+    colours = rgb[first_view, rows, columns]  # (K, 3) uint8, from the first view that sees the point
+    world = trimesh.transform_points(samples[kept], model_to_world)
+    images, tracks = {}, {int(k): ([], []) for k in range(len(kept))}
+    w2c = np.linalg.inv(_opencv_poses(renders, model_to_world))
+    for i, name in enumerate(names):
+        in_view = np.nonzero(seen[i, kept])[0]  # indices into kept = point ids - 1
+        for index, point in enumerate(in_view):
+            tracks[int(point)][0].append(i + 1)
+            tracks[int(point)][1].append(index)
+        images[i + 1] = colmap.Image(i + 1, colmap.matrix_to_quaternion(w2c[i, :3, :3]), w2c[i, :3, 3], camera.id,
+                                     name, pixels[i, kept[in_view]], in_view.astype(np.int64) + 1)
+    points = {k + 1: colmap.Point3D(k + 1, world[k], colours[k], 0.0, np.array(tracks[k][0]), np.array(tracks[k][1]))
+              for k in range(len(kept))}  # exact projections: no reprojection error
+    colmap.write_model(colmap.Model({camera.id: camera}, images, points), folder / COLMAP_SPARSE_DIR)
+
+
+def _opencv_poses(renders: Renders, model_to_world: np.ndarray) -> np.ndarray:
+    """The renders' cameras in the world frame as OpenCV camera-to-world (N, 4, 4) float64."""
+    return transform_poses(model_to_world, renders.c2w.detach().cpu().double().numpy()) @ OPENGL_FROM_OPENCV
+
+
+def _observations(points: np.ndarray, renders: Renders, focal: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where model-frame points (P, 3) fall in each view -> pixel coordinates (N, P, 2) with the top-left corner
+    at (0, 0), and whether the view sees them (N, P): inside the image, on a fully covered pixel, and within
+    VISIBLE_DEPTH_PIXELS pixel footprints of the rendered depth there (not hidden behind other surface)."""
+    w2c = np.linalg.inv(renders.c2w.detach().cpu().double().numpy() @ OPENGL_FROM_OPENCV)  # (N, 4, 4)
+    camera = np.einsum("nij,pj->npi", w2c[:, :3, :3], points) + w2c[:, None, :3, 3]  # (N, P, 3) OpenCV
+    depth = camera[..., 2]
+    resolution = renders.alpha.shape[-1]
+    pixels = focal * camera[..., :2] / np.maximum(depth, 1e-9)[..., None] + resolution / 2
+    inside = (depth > 0) & np.all((pixels >= 0) & (pixels < resolution), axis=-1)
+    columns, rows = np.clip(np.floor(pixels), 0, resolution - 1).astype(int).transpose(2, 0, 1)
+    views = np.arange(len(w2c))[:, None]
+    alpha = renders.alpha.cpu().numpy()[views, rows, columns]
+    rendered = renders.depth.cpu().numpy()[views, rows, columns]
+    seen = inside & (alpha == 1) & (np.abs(depth - rendered) < VISIBLE_DEPTH_PIXELS * depth / focal)
+    return pixels, seen
+
+
+def _photo_arrays(renders: Renders) -> tuple[np.ndarray, np.ndarray]:
+    """Renders -> photos: RGB composited on white (N, H, W, 3) uint8 and coverage (N, H, W) uint8."""
+    alpha = renders.alpha[..., None]
+    rgb = (renders.rgb * alpha + (1.0 - alpha)).clamp(0, 1) * UINT8_MAX
+    coverage = renders.alpha.clamp(0, 1) * UINT8_MAX
+    return rgb.round().to(torch.uint8).cpu().numpy(), coverage.round().to(torch.uint8).cpu().numpy()
 
 
 def _register_training_object(output: Path, name: str) -> None:
