@@ -42,11 +42,11 @@ class RenderOutput:
     opacity: Tensor  # (R, 1), sum of w_i
 
 
-def ray_box_limits(origins: Tensor, directions: Tensor, half_side: float) -> tuple[Tensor, Tensor]:
-    """Entry and exit distances of rays (R, 3) through the box [-h, h]^3 -> t_near, t_far (R, 1).
+def slab_intersection(origins: Tensor, directions: Tensor, half_side: float) -> tuple[Tensor, Tensor]:
+    """Slab method for rays (R, 3) against the box [-h, h]^3 -> signed t_near, t_far (R,), unclamped.
 
-    Rays that miss the box get the limits of the valid rays instead (t_near = min of the valid t_near,
-    t_far = max of the valid t_near, as the reference does), so they sample empty space.
+    t_near = max_k min(t_k^-, t_k^+), t_far = min_k max(t_k^-, t_k^+) with t_k^(+-) = (+-h - o_k) / d_k;
+    the ray's line meets the box iff t_far > t_near (the caller decides what to do with t < 0 and misses).
     """
     inv = 1.0 / directions
     lo = (-half_side - origins) * inv
@@ -55,6 +55,16 @@ def ray_box_limits(origins: Tensor, directions: Tensor, half_side: float) -> tup
     t_far = torch.maximum(lo, hi)
     near = torch.maximum(torch.maximum(t_near[:, 0], t_near[:, 1]), t_near[:, 2])
     far = torch.minimum(torch.minimum(t_far[:, 0], t_far[:, 1]), t_far[:, 2])
+    return near, far
+
+
+def ray_box_limits(origins: Tensor, directions: Tensor, half_side: float) -> tuple[Tensor, Tensor]:
+    """Entry and exit distances of rays (R, 3) through the box [-h, h]^3 -> t_near, t_far (R, 1).
+
+    Rays that miss the box get the limits of the valid rays instead (t_near = min of the valid t_near,
+    t_far = max of the valid t_near, as the reference does), so they sample empty space.
+    """
+    near, far = slab_intersection(origins, directions, half_side)
     valid = far > near
     if valid.any():
         near_valid = near[valid]
