@@ -143,7 +143,10 @@ class ReconstructionModule(L.LightningModule):
         for i in range(planes.shape[0]):
             with torch.autocast(planes.device.type, enabled=False):  # geometry in float32
                 p = planes[i:i + 1].float()
-                fields = synth.grid_fields(p)
+                if self.cfg.gradient_checkpointing and self.training:  # keep no MLP activations of the grid
+                    fields = checkpoint(synth.grid_fields, p, use_reentrant=False)
+                else:
+                    fields = synth.grid_fields(p)
                 verts, cubes = synth.grid(p.device)
                 sdf = synth.fix_empty_sdf(fields.sdf[:, 0])
                 deformed = verts + synth.scale_deformation(fields.deformation)
