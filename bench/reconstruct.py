@@ -26,7 +26,7 @@ from lrmesh.geometry.flexicubes import surface_cube_mask
 from lrmesh.geometry.texture import bake_texture
 from lrmesh.io.views import load_views
 from lrmesh.model.lrm import LRM
-from lrmesh.progress import Stages, cpu_peak_bytes
+from lrmesh.progress import Stages, bench_devices, cpu_peak_bytes
 from lrmesh.reconstruct import reconstruct
 
 MIB = 2**20
@@ -102,11 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
-    if args.device in ("all", "cuda") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
     start = time.perf_counter()
-    for device in devices:
+    for device in bench_devices(args.device):
         run(device, args.preset, args.texture_resolution, args.baseline, args.inside_fraction)
     print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s, process peak RSS "
           f"{cpu_peak_bytes() / MIB:.0f} MiB")

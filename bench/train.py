@@ -20,7 +20,7 @@ import time
 import torch
 
 from lrmesh.cameras import intrinsics_matrix, orbit_poses
-from lrmesh.progress import Stages
+from lrmesh.progress import Stages, bench_devices
 from lrmesh.train.config import TrainConfig
 from lrmesh.train.data import encoder_camera
 from lrmesh.train.module import ReconstructionModule
@@ -86,10 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
-    if args.device in ("all", "cuda") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    for device in devices:
+    for device in bench_devices(args.device):
         run_args = argparse.Namespace(**vars(args))
         cuda = device.type == "cuda"
         run_args.render_size = args.render_size or (192 if cuda else 32)

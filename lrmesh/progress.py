@@ -92,3 +92,11 @@ class Stages:
     @property
     def peak_bytes(self) -> int:
         return max((r.peak_bytes for r in self.records), default=0)
+
+
+def bench_devices(choice: str) -> list[torch.device]:
+    """The devices a benchmark's --device all|cpu|cuda asks for: the CPU, and CUDA when one is present."""
+    devices = [torch.device("cpu")] if choice in ("all", "cpu") else []
+    if choice in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices

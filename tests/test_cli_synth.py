@@ -91,6 +91,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "--resolution" in capsys.readouterr().err
     assert main(["synth", "-o", str(tmp_path), "--count", "1", "--seed", "-1"]) == 2
     assert "--seed" in capsys.readouterr().err
+    assert main(["synth", "-o", str(tmp_path), "--count", "1", "--layout", "zero123pp", "--zero123pp-inputs"]) == 2
+    assert "--zero123pp-inputs needs --layout training" in capsys.readouterr().err
 
 
 def test_files_with_the_same_stem_get_distinct_folders(user_glb, tmp_path, capsys):

@@ -179,9 +179,8 @@ class MultiviewDataset(Dataset):
         folder = self.root / name
         total = np.load(folder / TRAINING_CAMERAS)[TRAINING_POSES_KEY].shape[0]
         if cfg.input_view_ids is not None:
-            inputs = list(cfg.input_view_ids)
-            rest = [v for v in range(total) if v not in inputs]
-            inputs = inputs[:cfg.num_input_views] if len(inputs) > cfg.num_input_views else inputs
+            inputs = list(cfg.input_view_ids)[:cfg.num_input_views]
+            rest = [v for v in range(total) if v not in cfg.input_view_ids]
         else:
             order = rng.permutation(total).tolist()
             inputs, rest = order[:cfg.num_input_views], order[cfg.num_input_views:]

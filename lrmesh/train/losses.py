@@ -55,7 +55,3 @@ def normal_consistency(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return render.sum() * 0
     return 1 - similarity[covered].mean()
 
-
-def psnr_from_mse(mse01: Tensor) -> Tensor:
-    """PSNR in dB of an MSE measured on [0, 1] colours."""
-    return -10 * torch.log10(mse01.clamp(min=1e-10))

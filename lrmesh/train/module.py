@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from lrmesh.cameras import pixel_rays
+from lrmesh import metrics
 from lrmesh.checkpoints import load_hf_vit, load_model, save_model
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.flexicubes import flexicubes_extract, surface_cube_mask
@@ -112,29 +112,27 @@ class ReconstructionModule(L.LightningModule):
 
     def render_nerf(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int,
                     generator: torch.Generator | None) -> Rendered:
-        """planes (B, 3, C, H, W), c2w (B, T, 4, 4), k (B, T, 3, 3) -> Rendered with (B, T, ., size, size)."""
+        """planes (B, 3, C, H, W), c2w (B, T, 4, 4), k (B, T, 3, 3) -> Rendered with (B, T, ., size, size).
+
+        The sample draws are made up front: a checkpointed view recomputed in the backward pass must place its
+        samples where the forward pass did (checkpointing restores the global RNG, not a Generator's)."""
         synth = self.model.synthesizer
         b, t = c2w.shape[:2]
-        views = []
-        for i in range(b):
-            for j in range(t):
-                cams = torch.cat([c2w[i, j].reshape(16), k[i, j].reshape(9)])[None]
-                origins, dirs = pixel_rays(cams, size)
+        cameras = torch.cat([c2w.flatten(2), k.flatten(2)], dim=-1)  # (B, T, 25)
+        u = torch.rand(2, b, t, size * size, synth.cfg.samples_per_ray // 2, generator=generator,
+                       device=planes.device)  # stratified, importance
 
-                def one(p: Tensor, o: Tensor = origins[0], d: Tensor = dirs[0]) -> tuple[Tensor, Tensor, Tensor]:
-                    r = synth.render_rays(p, o, d, generator=generator)
-                    return r.rgb, r.depth, r.opacity
+        def view(p: Tensor, j: int) -> tuple[Tensor, Tensor, Tensor]:
+            out = synth.render(p, cameras[:, j:j + 1], size, u_stratified=u[0, :, j:j + 1],
+                               u_importance=u[1, :, j:j + 1])
+            return out["images_rgb"], out["images_depth"], out["images_weight"]
 
-                if self.cfg.gradient_checkpointing and self.training:
-                    views.append(checkpoint(one, planes[i:i + 1], use_reentrant=False))
-                else:
-                    views.append(one(planes[i:i + 1]))
-
-        def image(index: int, channels: int) -> Tensor:
-            stacked = torch.stack([v[index].reshape(size, size, channels) for v in views])  # (B*T, S, S, ch)
-            return rearrange(stacked, "(b t) h w c -> b t c h w", b=b)
-
-        return Rendered(rgb=image(0, 3), depth=image(1, 1), alpha=image(2, 1).clamp(0, 1))
+        if self.cfg.gradient_checkpointing and self.training:
+            views = [checkpoint(view, planes, j, use_reentrant=False) for j in range(t)]
+        else:
+            views = [view(planes, j) for j in range(t)]
+        rgb, depth, weight = (torch.cat(parts, dim=1) for parts in zip(*views))
+        return Rendered(rgb=rgb, depth=depth, alpha=weight.clamp(0, 1))
 
     def render_mesh(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int) -> Rendered:
         """FlexiCubes mesh of each triplane, rasterized into the views; see the module docstring."""
@@ -214,9 +212,7 @@ class ReconstructionModule(L.LightningModule):
 
     def lpips(self):
         if self._lpips is None and self.cfg.loss.lpips > 0:
-            from lrmesh.metrics import load_lpips
-
-            self._lpips = load_lpips() or False  # False: looked for, not available (warned once)
+            self._lpips = metrics.load_lpips() or False  # False: looked for, not available (warned once)
         return self._lpips.to(self.device) if self._lpips else None
 
     def step_generator(self) -> torch.Generator:
@@ -234,7 +230,7 @@ class ReconstructionModule(L.LightningModule):
                                    f"good checkpoint is {self.last_checkpoint or 'not written yet'}; resume from it "
                                    "with a lower optim.lr or check the data")
         with torch.no_grad():
-            psnr = losses.psnr_from_mse(F.mse_loss(rendered.rgb.clamp(0, 1), batch["target_images"]))
+            psnr = metrics.psnr(rendered.rgb.flatten(0, 1).clamp(0, 1), batch["target_images"].flatten(0, 1))
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("psnr", psnr, prog_bar=True, on_step=True, on_epoch=False)
@@ -244,7 +240,7 @@ class ReconstructionModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         rendered = self(batch)
-        psnr = losses.psnr_from_mse(F.mse_loss(rendered.rgb.clamp(0, 1), batch["target_images"]))
+        psnr = metrics.psnr(rendered.rgb.flatten(0, 1).clamp(0, 1), batch["target_images"].flatten(0, 1))
         self.log("val/psnr", psnr, prog_bar=True, sync_dist=True, batch_size=rendered.rgb.shape[0])
         if batch_idx == 0 and self.global_rank == 0:
             self.save_grid(batch, rendered, Path(self.cfg.output) / "images" / f"val_{self.global_step:07d}.png")

@@ -12,6 +12,7 @@ from lrmesh.neus.rendering import (
     distortion_loss,
     eikonal_loss,
     exclusive_cumsum_packed,
+    mask_loss,
     neus_alpha,
     neus_occupancy_alpha,
     opaque_loss,
@@ -194,6 +195,9 @@ def test_small_losses():
     # binary entropy: ln 2 at 0.5, ~0 at the clamped extremes
     assert opaque_loss(torch.tensor([[0.5]])).item() == pytest.approx(math.log(2))
     assert opaque_loss(torch.tensor([[0.0], [1.0]])).item() < 0.01
+    # mask BCE: -ln(0.8) for opacity 0.8 on the object, -ln(0.8) for 0.2 off it; clamped away from log(0)
+    assert mask_loss(torch.tensor([[0.8], [0.2]]), torch.tensor([[1.0], [0.0]])).item() == pytest.approx(-math.log(0.8))
+    assert math.isfinite(mask_loss(torch.tensor([[0.0]]), torch.tensor([[1.0]])).item())
 
 
 @pytest.mark.parametrize("bound", ["cube", "sphere"])

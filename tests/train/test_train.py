@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lrmesh.cameras import intrinsics_matrix, orbit_poses, pixel_rays
+from lrmesh.cli import main
 from lrmesh.config import preset
 from lrmesh.data.multiview import write_object
 from lrmesh.data.synthetic import random_object
@@ -116,6 +117,21 @@ def test_config_overrides_are_checked(tiny_data, tmp_path):
     assert cfg.optim.lr == 1e-5 and cfg.model_config().transformer.num_layers == 1
 
 
+def test_bad_training_input_is_a_clear_error(tiny_data, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="stage must be 1 or 2"):
+        _cfg("tiny-stage1", tiny_data, tmp_path, "stage=3")
+    with pytest.raises(ConfigError, match="num_input_views must be at least 1"):
+        _cfg("tiny-stage1", tiny_data, tmp_path, "data.num_input_views=0")
+    with pytest.raises(ConfigError, match="not key=value"):
+        _cfg("tiny-stage1", tiny_data, tmp_path, "optim.lr")
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(_cfg("tiny-stage1", tiny_data, tmp_path / "fresh"), resume=True, progress=False)
+    assert main(["train", "tiny-stage1", "data.rooot=x"]) == 2
+    assert "unknown key(s) ['rooot']" in capsys.readouterr().err
+    assert main(["train", "tiny-stage1", f"data.root={tmp_path}", f"output={tmp_path / 'out'}"]) == 2
+    assert "not a training-layout folder" in capsys.readouterr().err
+
+
 def test_stage_two_starts_from_the_stage_one_field():
     torch.manual_seed(0)
     nerf = LRM(preset("tiny-nerf"))
@@ -153,3 +169,19 @@ def test_a_crop_camera_sees_the_crop():
 def test_training_folder_errors_are_clear(tmp_path):
     with pytest.raises(InputError, match="not a training-layout folder"):
         list_objects(tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["tiny-stage1", "tiny-stage2"])
+def test_gradient_checkpointing_gives_the_same_gradients(stage, tiny_data, tmp_path):
+    from lrmesh.train.module import ReconstructionModule
+
+    grads = []
+    for checkpointing in (False, True):
+        cfg = _cfg(stage, tiny_data, tmp_path, "init=", f"gradient_checkpointing={str(checkpointing).lower()}")
+        torch.manual_seed(0)
+        module = ReconstructionModule(cfg).train()
+        batch = {k: v[None] for k, v in MultiviewDataset(cfg.data, list_objects(tiny_data), seed=0)[0].items()}
+        generator = torch.Generator().manual_seed(5)  # the NeRF sample draws
+        sum(module.compute_losses(module(batch, generator), batch).values()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
