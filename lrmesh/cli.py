@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -232,6 +233,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="fit NeuS or NeRF to many posed photos of one scene, export its mesh",
+                       description="Per-scene reconstruction (instant-nsr-pl style, pure PyTorch): optimise a "
+                                   "hash-grid NeuS (surface) or NeRF (appearance) on a Blender/NeRF-synthetic, DTU "
+                                   "(NeuS layout) or COLMAP scene, then write OUT/mesh.obj (marching cubes, vertex "
+                                   "colours, the dataset's world frame), OUT/metrics.json (test PSNR, steps, "
+                                   "seconds) and OUT/video.mp4. Presets: lrmesh/configs/fit/{neus,nerf}.yaml; "
+                                   "key=value overrides are checked, e.g. render.rays_max=8192 mesh.format=.ply.")
+    p.add_argument("data", help="scene folder (transforms_*.json, cameras_sphere.npz, or sparse/0)")
+    p.add_argument("--method", choices=("neus", "nerf"), default="neus", help="default: neus")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: the preset's, 20000)")
+    p.add_argument("--minutes", type=float, help="stop fitting after this many minutes; the outputs are written")
+    p.add_argument("--config", help="YAML of config keys applied over the preset")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.ckpt")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from lrmesh.neus.config import load_fit_config
+    from lrmesh.neus.fit import FitInterrupted, fit
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    if args.minutes is not None:
+        overrides.append(f"max_minutes={args.minutes}")
+    cfg = load_fit_config(args.method, args.config, overrides)
+    try:
+        metrics = fit(args.data, cfg, args.output, resume=args.resume, progress=not args.quiet)
+    except FitInterrupted as stop:
+        print(f"lrmesh: {stop}", file=sys.stderr)
+        return 130
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a model on held-out objects with ground-truth meshes",
                        description="Reconstruct every object of a folder written by `lrmesh synth --layout zero123pp` "
@@ -288,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_evaluate(sub)
     _add_train(sub)
+    _add_fit(sub)
     return parser
 
 
@@ -299,7 +341,12 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`lrmesh fit DATA -o OUT steps=10`)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except LrmeshError as err:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,10 +73,12 @@ FLOAT_FORMAT = "%.8f"  # the decimals trimesh writes on OBJ `v` lines
 UINT8_LEVELS = 255
 
 
-def save_mesh(mesh: Mesh, path: str | os.PathLike) -> list[Path]:
+def save_mesh(mesh: Mesh, path: str | os.PathLike, keep_coordinates: bool = False) -> list[Path]:
     """Write `mesh` in the format named by the suffix of `path` (.obj, .glb or .ply).
 
     A textured mesh saved as .obj also writes `<stem>.mtl` and `<stem>.png` beside it.
+    `keep_coordinates`: OBJ and PLY get the vertex coordinates as they are, without the reference's z mirror
+    (for meshes already in a dataset's own frame, as `lrmesh fit` writes); GLB still turns z up into glTF's y up.
     Returns the files written, the mesh file first.
     """
     path = Path(path)
@@ -86,6 +88,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike) -> list[Path]:
     if mesh.num_faces == 0:
         raise LrmeshError(f"cannot save {path.name!r}: the mesh has no faces")
     mesh = mesh.detach().to("cpu")
+    if keep_coordinates and suffix in (".obj", ".ply"):  # undo in advance the change of frame the writer applies
+        mesh = _before_file_frame(OBJ_FRAME if suffix == ".obj" else PLY_FRAME, mesh)
     if suffix == ".obj":
         files = _obj_textured_files(mesh, path) if mesh.texture is not None else {path: _obj_bytes(mesh)}
     elif suffix == ".glb":
@@ -129,6 +133,15 @@ def from_file_frame(frame: FileFrame, vertices: np.ndarray, faces: np.ndarray) -
     faces = faces[:, ::-1] if frame.flips_winding else faces
     model = vertices.astype(np.float32) @ matrix
     return torch.from_numpy(np.ascontiguousarray(model)), torch.from_numpy(np.ascontiguousarray(faces, dtype=np.int64))
+
+
+def _before_file_frame(frame: FileFrame, mesh: Mesh) -> Mesh:
+    """The mesh whose image under `frame` is `mesh` (uv faces follow the winding of the faces)."""
+    vertices, faces = from_file_frame(frame, mesh.vertices.numpy(), mesh.faces.numpy())
+    uv_faces = mesh.uv_faces
+    if uv_faces is not None and frame.flips_winding:
+        uv_faces = uv_faces.flip(-1)
+    return replace(mesh, vertices=vertices, faces=faces, uv_faces=uv_faces)
 
 
 def _write_all_or_nothing(files: dict[Path, bytes]) -> None:
