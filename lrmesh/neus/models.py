@@ -29,7 +29,6 @@ from lrmesh.neus.rendering import (
     accumulate,
     distortion_loss,
     eikonal_loss,
-    mask_loss,
     neus_alpha,
     neus_occupancy_alpha,
     opaque_loss,
