@@ -207,7 +207,8 @@ class HashGrid(nn.Module):
         index[:nd] = _corner_combine(key[:nd], torch.add)
         index[nd:] = _corner_combine(key[nd:], torch.bitwise_xor) & self.hash_mask
         index += self.offsets[:n, None, None]  # columns of the table
-        corner_features = self.table.index_select(1, index.view(-1)).view(-1, *index.shape[:2], 2, 2, 2)
+        corner_features = self.table.index_select(1, index.view(-1))
+        corner_features = corner_features.view(self.table.shape[0], *index.shape[:2], 2, 2, 2)  # B may be 0
         # (F, n, B, i, j, k). Trilinear interpolation as three nested lerps, along z, then y, then x: on a CPU a
         # third faster than weighting the 8 corners explicitly once the points' gradient is needed (NeuS), and
         # within 5 % when only the table's is.

@@ -39,6 +39,7 @@ from lrmesh.neus.models import SceneModel, build_model
 from lrmesh.neus.rendering import mask_loss
 
 LAST = "last.ckpt"
+MIN_RAYS = 64  # the dynamic batch never shrinks below this (a step of rays that all miss has no samples)
 SEED_STRIDE = 1_000_003  # generator seed = seed * SEED_STRIDE^2 + step * SEED_STRIDE + rank
 
 
@@ -158,7 +159,7 @@ class FitSystem(L.LightningModule):
                               f"{Path(self.trainer.default_root_dir) / 'checkpoints' / LAST}")
         # dynamic batch: aim at target_samples samples next step (instant-nsr-pl's train_num_rays update)
         r = self.cfg.render
-        self.num_rays = int(min(max(n * r.target_samples / max(out.num_samples, 1), 1), r.rays_max))
+        self.num_rays = int(min(max(n * r.target_samples / max(out.num_samples, 1), MIN_RAYS), r.rays_max))
         with torch.no_grad():
             train_psnr = psnr(out.rgb.clamp(0, 1), rgb)
         self.log("loss", loss, prog_bar=True)
@@ -191,7 +192,8 @@ class FitSystem(L.LightningModule):
         groups = [{"params": fields, "lr": o.lr}]
         if variance:
             groups.append({"params": variance, "lr": o.lr_variance})
-        optimizer = torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps)
+        # fused: one kernel over all parameters; on a CPU 4-5x faster than foreach for the ~12 M grid entries
+        optimizer = torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps, fused=True)
         total, warmup = self.cfg.steps, o.warmup_steps
         decay_steps = max(total - warmup, 1)
 
