@@ -47,6 +47,9 @@ class RenderConfig:
     rays_max: int = 4096  # the dynamic batch never exceeds this
     target_samples: int = 32768  # the dynamic batch aims at this many samples per step
     chunk_rays: int = 4096  # rays per chunk when rendering whole images
+    background_model: bool = False  # unbounded scenes: a NeRF of what lies beyond the box (contracted space)
+    background_samples: int = 32  # samples per ray behind the box, uniform in disparity
+    background_far: float = 1000.0  # the background is sampled out to this many scene radii
 
 
 @dataclass

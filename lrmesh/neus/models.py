@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.neus.config import FitConfig
-from lrmesh.neus.fields import ColorField, DensityField, SDFField
+from lrmesh.neus.encoding import HashGridConfig
+from lrmesh.neus.fields import ColorField, ColorFieldConfig, DensityField, DensityFieldConfig, SDFField
 from lrmesh.neus.occupancy import OccupancyGrid
 from lrmesh.neus.rendering import (
     PackedSamples,
@@ -43,6 +44,52 @@ INV_S_RANGE = (1e-6, 1e6)  # instant-nsr-pl's VarianceNetwork clips exp(10 v) to
 NERF_MESH_THRESHOLD = 10.0  # density iso-level of NeRF meshes (instant-nsr-pl's nerf configs use 2.5-10)
 MESH_CHUNK = 65536  # points per field query during export
 FINE_PADDING = 0.05  # the fine pass covers the coarse mesh's box grown by this fraction of its size per side
+CONTRACTED_RADIUS = 2.0  # mip-NeRF 360's contraction maps all of space into the ball of this radius
+
+
+def contract(points: Tensor, radius: float) -> Tensor:
+    """mip-NeRF 360's contraction (Barron et al. 2022, eq. 10) of x / radius: the unit ball is kept, the rest of
+    space is squeezed into the shell 1 < |c| < 2, so a finite grid covers an unbounded scene."""
+    x = points / radius
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.where(norm <= 1, x, (2 - 1 / norm) * x / norm)
+
+
+class BackgroundModel(nn.Module):
+    """NeRF of what lies beyond the scene box (instant-nsr-pl's learned background for unbounded scenes): density
+    and colour on a hash grid over contracted space, sampled behind the box uniformly in disparity."""
+
+    def __init__(self, cfg: FitConfig, radius: float):
+        super().__init__()
+        self.radius = radius
+        self.samples = cfg.render.background_samples
+        self.far = cfg.render.background_far * radius
+        grid = HashGridConfig(n_levels=8, log2_hashmap_size=17, base_resolution=8, max_resolution=256, start_level=8)
+        self.geometry = DensityField(DensityFieldConfig(radius=CONTRACTED_RADIUS, grid=grid, feature_dim=16))
+        self.color = ColorField(ColorFieldConfig(feature_dim=16, use_normal=False, n_hidden_layers=1))
+
+    def update_step(self, step: int) -> None:
+        self.geometry.update_step(step)
+
+    def forward(self, origins: Tensor, dirs: Tensor, start: Tensor, background: Tensor, stratified: bool,
+                generator: torch.Generator | None) -> Tensor:
+        """Colour (R, 3) seen beyond depth `start` (R,), composited over `background`."""
+        n_rays, n = origins.shape[0], self.samples
+        near = start.clamp_min(1e-3)
+        u = torch.arange(n + 1, device=origins.device, dtype=origins.dtype).expand(n_rays, n + 1) / n
+        if stratified:
+            jitter = torch.rand(n_rays, 1, device=origins.device, generator=generator) / n
+            u = torch.cat([u[:, :1], (u[:, 1:-1] + jitter).clamp_max(1), u[:, -1:]], dim=1)
+        t = 1 / torch.lerp(1 / near[:, None], torch.full_like(near[:, None], 1 / self.far), u)  # (R, n + 1)
+        ray_indices = torch.arange(n_rays, device=origins.device).repeat_interleave(n)
+        samples = PackedSamples(ray_indices, t[:, :-1].reshape(-1), t[:, 1:].reshape(-1))
+        points = contract(samples.points(origins, dirs), self.radius)
+        out = self.geometry(points)
+        weights, _, _ = render_weights_from_density(out.density, samples.t_starts, samples.t_ends, ray_indices,
+                                                    n_rays)
+        rgb = self.color(out.features, dirs[ray_indices])
+        opacity = accumulate(weights, None, ray_indices, n_rays)
+        return accumulate(weights, rgb, ray_indices, n_rays) + background * (1 - opacity)
 
 
 @dataclass
@@ -67,6 +114,7 @@ class SceneModel(nn.Module):
         self.radius = float(radius)
         self.step_size = math.sqrt(3) * 2 * self.radius / cfg.render.num_samples_per_ray
         self.occupancy = OccupancyGrid(self.radius, cfg.render.occupancy_resolution)
+        self.background = BackgroundModel(cfg, self.radius) if cfg.render.background_model else None
         self.global_step = 0
 
     # --- to implement ---------------------------------------------------------------------------------------------
@@ -91,6 +139,8 @@ class SceneModel(nn.Module):
     def update_step(self, step: int) -> None:
         self.global_step = step
         self.geometry.update_step(step)
+        if self.background is not None:
+            self.background.update_step(step)
 
     def update_occupancy(self, step: int, generator: torch.Generator | None = None) -> bool:
         r = self.cfg.render
@@ -109,6 +159,9 @@ class SceneModel(nn.Module):
         weights = out["weights"]
         ri = samples.ray_indices
         opacity = accumulate(weights, None, ri, n_rays)
+        if self.background is not None:  # what lies behind the box, seen through the foreground's holes
+            background = self.background(origins, dirs, limits.far, background.expand(n_rays, 3), stratified,
+                                         generator)
         rgb = accumulate(weights, out["rgb"], ri, n_rays) + background * (1 - opacity)
         depth = accumulate(weights, samples.t_mid, ri, n_rays)
         normal = None

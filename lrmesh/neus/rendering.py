@@ -30,9 +30,11 @@ OccupiedFn = Callable[[Tensor], Tensor]  # points (N, 3) -> bool (N,), True wher
 # NeuS eq. 13 is a ratio of two sigmoids; the reference adds 1e-5 to both terms so that empty space far outside
 # (both sigmoids ~0) gives alpha ~1e-5 / 1e-5 -> a finite value instead of 0 / 0 (NeuS models/renderer.py).
 NEUS_ALPHA_EPS = 1e-5
-# Floor of 1 - alpha inside the log of the transmittance: where alpha = 1 the log stays finite (T = 1e-150, which is
-# 0 in float32) and, because the floor is applied straight-through, d T_i / d alpha_j keeps its exact value.
-SURVIVAL_FLOOR = 1e-150
+# Floor of 1 - alpha inside the log of the transmittance, applied straight-through: where alpha = 1 the log stays
+# finite and T behind that sample is at most 1e-6 per opaque sample (negligible colour). It must not be tiny: the
+# backward of log divides by it, and the gradient it divides is a difference of two batch-wide packed sums whose
+# float64 rounding (~1e-16 of the batch total) a floor like 1e-150 blew up to inf, then NaN (a NeuS fit, step 629).
+SURVIVAL_FLOOR = 1e-6
 # instant-nsr-pl clamps the opacity to [1e-3, 1 - 1e-3] before its binary cross-entropies (systems/neus.py).
 OPACITY_CLAMP = 1e-3
 
@@ -157,7 +159,7 @@ def render_weights_from_alpha(alpha: Tensor, ray_indices: Tensor, n_rays: int) -
 
     Computed as T_i = exp(sum_{j<i} log(1 - alpha_j)) with a per-ray exclusive cumsum in float64 (no Python loop
     over rays, no cumprod, whose gradient nerfacc notes is wrong at zero). 1 - alpha is floored at
-    `SURVIVAL_FLOOR` straight-through, so alpha = 1 gives T = 0 behind it and still the exact gradient.
+    `SURVIVAL_FLOOR` straight-through, so alpha = 1 gives T <= 1e-6 behind it and a finite gradient.
 
     Example (nerfacc's): alpha [0.4, 0.8, 0.1 | 0.8, 0.1 | 0.0, 0.9] on rays [0, 0, 0, 1, 1, 2, 2]
         -> transmittance [1.0, 0.6, 0.12 | 1.0, 0.2 | 1.0, 1.0], weights [0.4, 0.48, 0.012 | 0.8, 0.02 | 0.0, 0.9].

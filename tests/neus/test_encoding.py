@@ -243,3 +243,8 @@ def test_spherical_harmonics_are_orthonormal():
     torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="degree"):
         SphericalHarmonics(5)
+
+
+def test_no_points_give_no_features():
+    grid = HashGrid(HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8))
+    assert grid(torch.zeros(0, 3)).shape == (0, 8)

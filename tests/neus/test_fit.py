@@ -175,3 +175,22 @@ def test_keep_coordinates_writes_vertices_and_winding_as_given(tmp_path, suffix)
     assert raw.faces.tolist() == [[0, 1, 2]]
     default = trimesh.load(save_mesh(mesh, tmp_path / f"d{suffix}")[0], process=False)
     np.testing.assert_allclose(default.vertices[:, 2], -mesh.vertices[:, 2].numpy(), atol=1e-6)  # z mirrored
+
+
+def test_contraction_keeps_the_unit_ball_and_bounds_the_rest():
+    from lrmesh.neus.models import contract
+
+    inside = torch.tensor([[0.3, -0.6, 0.9]])  # |x| / 1.5 < 1
+    torch.testing.assert_close(contract(inside, 1.5), inside / 1.5)
+    far = torch.tensor([[3.0, 0.0, 0.0], [0.0, -1e6, 0.0]])
+    # |x| / r = 2 -> 2 - 1/2 = 1.5 along +x; very far -> almost radius 2
+    torch.testing.assert_close(contract(far, 1.5), torch.tensor([[1.5, 0.0, 0.0], [0.0, -2.0, 0.0]]), atol=1e-5,
+                               rtol=0)
+
+
+def test_background_model_fits_with_the_foreground(scene, tmp_path):
+    metrics = fit(scene, tiny("neus", "steps=12", "render.background_model=true", "render.background_samples=8",
+                              "video_frames=0"), tmp_path / "out", progress=False)
+    assert metrics["steps"] == 12 and math.isfinite(metrics["test_psnr"])
+    state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(key.startswith("model.background.") for key in state)
