@@ -8,7 +8,10 @@ The scene is procedural object `--seed` from the data engine in the NeRF-synthet
 views at `--resolution`^2, the layout's held-out test views, and the ground-truth mesh. Every `--every` minutes of
 fitting (the clock is paused while scoring) it prints steps, steps per second, test PSNR over the test views,
 the Chamfer distance of the exported mesh to the ground truth (16K surface points each, as a percentage of the
-ground truth's bounding-box diagonal) and peak memory, then the targets of issue 5 against the last row
+ground truth's bounding-box diagonal) and peak memory. The data engine's objects are overlapping closed parts
+whose hidden inner surfaces stay in gt.glb; the Chamfer distance is taken to the object's outer surface (those
+hidden surfaces removed, `lrmesh.metrics.outer_surface_points`), and, for reference, to all of gt.glb
+("all surfaces"), then the targets of issue 5 against the last row
 (NeuS: PSNR >= 28 dB and Chamfer < 1 % within 30 min on the 2-core CPU; NeRF: PSNR >= 28 dB within 15 min).
 """
 
@@ -25,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lrmesh.io.mesh import load_mesh
-from lrmesh.metrics import chamfer_distance, sample_surface
+from lrmesh.metrics import chamfer_distance, outer_surface_points, sample_surface
 from lrmesh.neus.config import load_fit_config
 from lrmesh.neus.fit import fit, psnr, render_view, to_dataset_frame
 from lrmesh.progress import bench_devices, cpu_peak_bytes
@@ -38,9 +41,11 @@ TARGETS = {"neus": (28.0, 1.0), "nerf": (28.0, None)}  # PSNR dB, Chamfer % of t
 class Scorer(Callback):
     """Stops after `minutes` of fitting; scores every `every` minutes with the clock paused."""
 
-    def __init__(self, minutes: float, every: float, gt_points: torch.Tensor, diagonal: float, test, cfg):
+    def __init__(self, minutes: float, every: float, gt_points: torch.Tensor, gt_all_points: torch.Tensor,
+                 diagonal: float, test, cfg):
         self.budget, self.every = minutes * 60, every * 60
-        self.gt_points, self.diagonal, self.test, self.cfg = gt_points, diagonal, test, cfg
+        self.gt_points, self.gt_all_points, self.diagonal = gt_points, gt_all_points, diagonal
+        self.test, self.cfg = test, cfg
         self.fit_seconds, self.next_mark, self.rows = 0.0, self.every, []
         self.tick = None
 
@@ -69,14 +74,17 @@ class Scorer(Callback):
             mesh = to_dataset_frame(model.extract_mesh(self.cfg.mesh.resolution, None, True), self.test.to_world)
             points = sample_surface(mesh, SURFACE_POINTS, seed=0)
             chamfer = 100 * chamfer_distance(points, self.gt_points) / self.diagonal
+            chamfer_all = 100 * chamfer_distance(points, self.gt_all_points) / self.diagonal
         except ValueError:
-            chamfer = float("nan")
+            chamfer = chamfer_all = float("nan")
         model.train()
         row = {"minutes": self.fit_seconds / 60, "steps": trainer.global_step + 1,
                "steps_per_s": (trainer.global_step + 1) / self.fit_seconds, "psnr": sum(scores) / len(scores),
-               "chamfer_pct": chamfer, "rays": system.num_rays, "peak_mib": peak_mib(device)}
+               "chamfer_pct": chamfer, "chamfer_all_pct": chamfer_all, "rays": system.num_rays,
+               "peak_mib": peak_mib(device)}
         print("  {minutes:6.1f} min  {steps:6d} steps  {steps_per_s:5.2f} steps/s  PSNR {psnr:5.2f} dB  "
-              "Chamfer {chamfer_pct:6.3f} %  rays {rays:5d}  peak {peak_mib:7.0f} MiB".format(**row), flush=True)
+              "Chamfer {chamfer_pct:6.3f} % (all surfaces {chamfer_all_pct:6.3f} %)  rays {rays:5d}  "
+              "peak {peak_mib:7.0f} MiB".format(**row), flush=True)
         return row
 
 
@@ -100,12 +108,13 @@ def run(method: str, minutes: float, scene: Path, device: torch.device, args: ar
                  f"accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "devices=1"] + args.overrides
     cfg = load_fit_config(method, None, overrides)
     gt = load_mesh(scene / "gt.glb")
-    gt_points = sample_surface(gt, SURFACE_POINTS, seed=1)
+    gt_points = outer_surface_points(gt, SURFACE_POINTS, seed=1)
+    gt_all_points = sample_surface(gt, SURFACE_POINTS, seed=1)
     diagonal = float((gt.vertices.max(0).values - gt.vertices.min(0).values).norm())
     test = load_scene(scene, "blender", "test", use_masks=False)
     print(f"{method} on {device.type}: {minutes:g} min budget, scene {scene.name} ({args.views} views at "
           f"{args.resolution}^2, {len(test)} test views), overrides {overrides}", flush=True)
-    scorer = Scorer(minutes, args.every, gt_points, diagonal, test, cfg)
+    scorer = Scorer(minutes, args.every, gt_points, gt_all_points, diagonal, test, cfg)
     with tempfile.TemporaryDirectory() as out:
         fit(scene, cfg, out, progress=False, callbacks=[scorer])
     last = scorer.rows[-1]

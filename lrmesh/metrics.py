@@ -352,6 +352,37 @@ def inside(mesh: Mesh, points: Tensor) -> Tensor:
     return fast_winding_number(points, mesh.vertices.float(), mesh.faces) > INSIDE_WINDING
 
 
+def outer_surface_points(mesh: Mesh, count: int, seed: int = 0, oversample: int = 3) -> Tensor:
+    """About `count` points uniform over the boundary of the union of a mesh's connected parts -> (<= count, 3).
+
+    Each part is sampled in proportion to its area (`oversample` times more points than needed), the points
+    inside any other part (winding number > 1/2) are dropped, and `count` of the rest are kept at random. For
+    objects made of overlapping closed parts, as `lrmesh synth` makes them, this removes the hidden inner surfaces,
+    which no reconstruction from images can see. Fewer than `count` come back only when most area is hidden.
+    """
+    tri = trimesh.Trimesh(mesh.vertices.detach().cpu().double().numpy(), mesh.faces.cpu().numpy(), process=False)
+    parts = [Mesh(vertices=torch.from_numpy(np.asarray(p.vertices, np.float32)),
+                  faces=torch.from_numpy(np.asarray(p.faces, np.int64))) for p in tri.split(only_watertight=False)]
+    areas = np.array([max(float(trimesh.Trimesh(p.vertices.numpy(), p.faces.numpy(), process=False).area), 0.0)
+                      for p in parts])
+    shares = np.ceil(oversample * count * areas / max(areas.sum(), 1e-12)).astype(int)
+    kept = []
+    for k, (part, share) in enumerate(zip(parts, shares, strict=True)):
+        if share == 0 or part.num_faces == 0:
+            continue
+        points = sample_surface(part, int(share), seed=seed + k)
+        hidden = torch.zeros(points.shape[0], dtype=torch.bool)
+        for j, other in enumerate(parts):
+            if j != k:
+                hidden |= inside(other, points)
+        kept.append(points[~hidden])
+    points = torch.cat(kept)
+    if points.shape[0] > count:
+        order = np.random.default_rng(seed).permutation(points.shape[0])[:count]
+        points = points[torch.from_numpy(order)]
+    return points
+
+
 def volume_iou(pred: Mesh, gt: Mesh, count: int = VOLUME_POINTS, seed: int = 0,
                device: torch.device | str = "cpu") -> float:
     """|inside pred and gt| / |inside pred or gt| over `count` points uniform in [-1, 1]^3 (give meshes already

@@ -200,3 +200,23 @@ def test_normalisation_each_ignores_scale_and_offset_gt_does_not():
     assert each["chamfer"] < 1e-6 and each["volume_iou"] == 1.0
     shared = geometry_metrics(moved, gt, GeometryProtocol(surface_points=2000, volume_points=2000, normalize="gt"))
     assert shared["chamfer"] > 0.1 and shared["volume_iou"] < 0.5
+
+
+def test_outer_surface_points_drop_hidden_inner_surfaces():
+    import trimesh as _trimesh
+
+    from lrmesh.metrics import outer_surface_points
+
+    big = _trimesh.creation.box(extents=(2.0, 2.0, 2.0))
+    small = _trimesh.creation.box(extents=(1.0, 1.0, 1.0))  # wholly inside: all of it hidden
+    side = _trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    side.apply_translation((1.0, 0.0, 0.0))  # half inside the big cube, half out
+    both = _trimesh.util.concatenate([big, small, side])
+    mesh = Mesh(vertices=torch.tensor(both.vertices, dtype=torch.float32), faces=torch.tensor(both.faces))
+    points = outer_surface_points(mesh, 4000, seed=0)
+    assert points.shape == (4000, 3)
+    linf = points.abs().max(dim=1).values
+    on_big = (linf - 1).abs() < 1e-5
+    on_side_out = (points[:, 0] > 1 - 1e-5) & (points[:, 1:].abs().max(dim=1).values <= 0.5 + 1e-5)
+    assert bool((on_big | on_side_out).all())  # nothing from the hidden cube or the side cube's inner half
+    assert int(on_side_out.sum()) > 100  # the side cube's outer half is kept
