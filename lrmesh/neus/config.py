@@ -19,7 +19,7 @@ from lrmesh.config import build_config
 from lrmesh.errors import ConfigError
 from lrmesh.neus.encoding import HashGridConfig
 from lrmesh.neus.fields import ColorFieldConfig, DensityFieldConfig, SDFFieldConfig
-from lrmesh.train.config import parse_override
+from lrmesh.train.config import apply_overrides
 
 FIT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "fit"
 METHODS = ("neus", "nerf")
@@ -127,14 +127,7 @@ def load_fit_config(method: str, config_file: str | Path | None = None, override
         if not path.is_file():
             raise ConfigError(f"fit config not found: {path}")
         data = _deep_update(data, _read_yaml(path))
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a section")
-        node[keys[-1]] = value
+    apply_overrides(data, overrides)
     data["method"] = method
     cfg = build_config(FitConfig, data, "fit")
     _check(cfg)

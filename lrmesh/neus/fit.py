@@ -99,7 +99,6 @@ class FitSystem(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model: SceneModel = build_model(cfg, scene.radius)
-        self.scene_white = True  # load_scene composites alpha images onto white
         self.register_buffer("images", scene.images, persistent=False)
         self.register_buffer("masks", scene.masks if scene.masks is not None else torch.zeros(0), persistent=False)
         self.register_buffer("c2w", scene.c2w, persistent=False)

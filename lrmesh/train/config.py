@@ -122,6 +122,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+def apply_overrides(data: dict, overrides: list[str]) -> None:
+    """Set each 'key.sub=value' of `overrides` in the nested dict `data` (unknown keys are caught later, by
+    `build_config`)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+
+
 def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """A YAML file, or the name of one under lrmesh/configs/ (without .yaml), plus key=value overrides."""
     path = Path(source)
@@ -135,14 +148,7 @@ def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainCon
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"cannot read {path}: {err}") from err
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a section")
-        node[keys[-1]] = value
+    apply_overrides(data, overrides)
     cfg = build_config(TrainConfig, data, "train")
     if cfg.stage not in (1, 2):
         raise ConfigError(f"train.stage must be 1 or 2, got {cfg.stage!r}")
