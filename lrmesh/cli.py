@@ -289,6 +289,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N objects (by name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the surface and volume samples")
+    p.add_argument("--gt-surface", choices=("outer", "all"), default="outer",
+                   help="ground-truth surface for Chamfer / F-score: the outer surface of its parts' union "
+                        "(default), or every triangle, hidden inner surfaces included")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -300,6 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from lrmesh.checkpoints import load_model
     from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, evaluate_folder, find_objects, format_table
+    from lrmesh.metrics import GeometryProtocol
 
     if args.limit is not None and args.limit < 1:
         raise LrmeshError(f"--limit must be at least 1, got {args.limit}")
@@ -315,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # skipped objects and LPIPS as one line each, above the progress bar
         warnings.showwarning = lambda message, *_, **__: tqdm.write(f"lrmesh: warning: {message}", file=sys.stderr)
         summary = evaluate_folder(model, args.folder, output, limit=args.limit, device=device, seed=args.seed,
-                                  show_progress=not args.quiet)
+                                  geometry=GeometryProtocol(gt_surface=args.gt_surface), show_progress=not args.quiet)
     print(format_table(summary))
     say(f"lrmesh: wrote {output / CSV_NAME} and {output / SUMMARY_NAME}")
     return 0

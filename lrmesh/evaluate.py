@@ -6,7 +6,8 @@ cameras when absent) and `gt.glb` (the ground truth, in the model frame).
 
 Per object and method, the metrics of `lrmesh.metrics` (the InstantMesh protocol):
 
-- geometry against the ground truth: Chamfer distance, F-scores, volume IoU;
+- geometry against the ground truth (its outer surface by default, `GeometryProtocol.gt_surface`): Chamfer
+  distance, F-scores, volume IoU;
 - novel views: the predicted and the ground-truth mesh rendered by `lrmesh.render.shaded.render_views` from the
   same cameras (`NovelViews`: a turntable at an elevation none of the inputs has), composited on white like the
   inputs, compared by PSNR, SSIM and LPIPS (when its weights are on disk, see `lrmesh.metrics.load_lpips`).
@@ -44,10 +45,10 @@ from lrmesh.metrics import (
     fit_sphere,
     fscore_key,
     geometry_metrics,
+    gt_surface_points,
     load_lpips,
     prepare_ground_truth,
     psnr,
-    sample_surface,
     sphere_mesh,
     ssim,
 )
@@ -194,8 +195,8 @@ def evaluate_object(model: LRM, item: EvalObject, settings: EvalSettings) -> lis
 
 
 def _sphere_baseline(gt: Mesh, settings: EvalSettings) -> Mesh:
-    """The sphere fitted to the ground truth's surface samples, in the ground truth's mean colour."""
-    centre, radius = fit_sphere(sample_surface(gt, settings.geometry.surface_points, settings.seed))
+    """The sphere fitted to the ground truth's surface samples (the surface the metrics use), in the ground truth's mean colour."""
+    centre, radius = fit_sphere(gt_surface_points(gt, settings.geometry, settings.seed))
     sphere = sphere_mesh(centre, radius)
     colour = _mean_colour(gt)
     if colour is not None:

@@ -26,6 +26,10 @@ F-score (FS, threshold 0.2) from 16K points sampled uniformly on each surface. O
   is the number of parts containing p, so the overlaps count once; for a prediction with holes it degrades
   gracefully instead of flipping whole regions. Evaluated with Barill et al. 2018's far-field expansion
   ("Fast winding numbers for soups and clouds", order 1, one level of clusters; exact near the surface).
+- The ground truth's surface is its outer surface (`GeometryProtocol.gt_surface="outer"`): the data engine's
+  objects are unions of closed parts kept as overlapping shells, and the shells' parts inside other parts are no
+  surface of the object (no image shows them, no reconstruction can have them); sampled on every triangle
+  (`"all"`) they would count as misses against every method. For a mesh of one shell the two are the same.
 - An empty prediction scores the worst possible result: Chamfer 2 sqrt(3) (the cube's diagonal, the largest
   distance between two points of the normalisation cube, so no prediction normalised with "each" scores worse),
   F-scores 0, volume IoU 0.
@@ -55,6 +59,7 @@ FSCORE_THRESHOLDS = (0.1, 0.2)  # the paper's 0.2, and a stricter one
 VOLUME_POINTS = 20_000  # IoU standard error ~ sqrt(IoU (1 - IoU) / points inside either): <= 0.007 at 30 % fill
 CUBE_HALF_SIDE = 1.0  # the normalisation cube is [-1, 1]^3
 WORST_CHAMFER = 2 * math.sqrt(3) * CUBE_HALF_SIDE  # the cube's diagonal
+OUTER_PROBE_OFFSET = 1e-4  # model units: how far outside its face `outer_surface_points` tests a point
 INSIDE_WINDING = 0.5  # Jacobson et al. 2013: inside where the winding number exceeds 1/2
 SPHERE_SUBDIVISIONS = 3  # icosphere of 1280 faces: its surface within 0.5 % of the radius of the true sphere
 
@@ -78,6 +83,9 @@ class GeometryProtocol:
     volume_points: int = VOLUME_POINTS  # points uniform in the normalisation cube for volume IoU
     thresholds: tuple[float, ...] = FSCORE_THRESHOLDS  # F-score distance thresholds (normalised units)
     normalize: Literal["each", "gt"] = "each"  # each mesh into the cube on its own, or both by the GT's transform
+    # Which ground-truth surface Chamfer and F-score sample: "outer", the boundary of the union of its connected
+    # parts (surfaces hidden inside other parts dropped, `outer_surface_points`); "all", every triangle.
+    gt_surface: Literal["outer", "all"] = "outer"
 
 
 def fscore_key(threshold: float) -> str:
@@ -168,6 +176,11 @@ def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> Tensor:
 
     A mesh whose faces all have zero area is sampled as if they had equal areas.
     """
+    return _sample_surface_faces(mesh, count, seed)[0]
+
+
+def _sample_surface_faces(mesh: Mesh, count: int, seed: int) -> tuple[Tensor, np.ndarray]:
+    """`sample_surface`'s points and the face each lies on -> (count, 3) float32, (count,) int."""
     if mesh.num_faces == 0:
         raise ValueError("cannot sample the surface of a mesh without faces")
     rng = np.random.default_rng(seed)
@@ -181,7 +194,7 @@ def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> Tensor:
     outside = u + v > 1  # fold the far half of the unit square back onto the triangle
     u[outside], v[outside] = 1 - u[outside], 1 - v[outside]
     points = corners[face, 0] + u[:, None] * edge1[face] + v[:, None] * edge2[face]
-    return torch.from_numpy(points.astype(np.float32))
+    return torch.from_numpy(points.astype(np.float32)), face
 
 
 def nearest_distances(points: Tensor | np.ndarray, others: Tensor | np.ndarray) -> np.ndarray:
@@ -358,11 +371,14 @@ def outer_surface_points(mesh: Mesh, count: int, seed: int = 0, oversample: int 
     Each part is sampled in proportion to its area (`oversample` times more points than needed), the points
     inside any other part (winding number > 1/2) are dropped, and `count` of the rest are kept at random. For
     objects made of overlapping closed parts, as `lrmesh synth` makes them, this removes the hidden inner surfaces,
-    which no reconstruction from images can see. Fewer than `count` come back only when most area is hidden.
+    which no reconstruction from images can see. Fewer than `count` come back only when most area is hidden. A
+    mesh of one connected part gets `sample_surface`'s points.
     """
     tri = trimesh.Trimesh(mesh.vertices.detach().cpu().double().numpy(), mesh.faces.cpu().numpy(), process=False)
     parts = [Mesh(vertices=torch.from_numpy(np.asarray(p.vertices, np.float32)),
                   faces=torch.from_numpy(np.asarray(p.faces, np.int64))) for p in tri.split(only_watertight=False)]
+    if len(parts) <= 1:  # one shell hides nothing: the plain samples, the same points as `sample_surface`
+        return sample_surface(mesh, count, seed)
     areas = np.array([max(float(trimesh.Trimesh(p.vertices.numpy(), p.faces.numpy(), process=False).area), 0.0)
                       for p in parts])
     shares = np.ceil(oversample * count * areas / max(areas.sum(), 1e-12)).astype(int)
@@ -370,11 +386,17 @@ def outer_surface_points(mesh: Mesh, count: int, seed: int = 0, oversample: int 
     for k, (part, share) in enumerate(zip(parts, shares, strict=True)):
         if share == 0 or part.num_faces == 0:
             continue
-        points = sample_surface(part, int(share), seed=seed + k)
+        points, face = _sample_surface_faces(part, int(share), seed + k)
+        # Tested a hair outside, along the face normal: a face lying on another part's face (coplanar) is outer
+        # surface, and exactly on a boundary the winding number is 1/2 either way.
+        corners = part.vertices[part.faces[torch.from_numpy(face)]]
+        normals = torch.nn.functional.normalize(
+            torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), dim=-1)
+        probes = points + OUTER_PROBE_OFFSET * normals
         hidden = torch.zeros(points.shape[0], dtype=torch.bool)
         for j, other in enumerate(parts):
             if j != k:
-                hidden |= inside(other, points)
+                hidden |= inside(other, probes)
         kept.append(points[~hidden])
     points = torch.cat(kept)
     if points.shape[0] > count:
@@ -452,10 +474,19 @@ def prepare_ground_truth(gt: Mesh, protocol: GeometryProtocol | None = None, see
         raise ValueError("the ground-truth mesh has no faces")
     centre, scale = cube_transform(gt)
     mesh = transform_mesh(gt.detach().to("cpu"), centre, scale)
-    surface = sample_surface(mesh, protocol.surface_points, seed)
+    surface = gt_surface_points(mesh, protocol, seed)
     points = cube_points(protocol.volume_points, seed).to(device)
     return GroundTruth(mesh, centre.cpu(), scale, surface, cKDTree(surface.double().numpy()), points,
                        inside(mesh.to(device), points), protocol, seed)
+
+
+def gt_surface_points(gt: Mesh, protocol: GeometryProtocol, seed: int = 0) -> Tensor:
+    """protocol.surface_points points on the ground truth's surface as `protocol.gt_surface` defines it."""
+    if protocol.gt_surface == "outer":
+        return outer_surface_points(gt, protocol.surface_points, seed)
+    if protocol.gt_surface == "all":
+        return sample_surface(gt, protocol.surface_points, seed)
+    raise ValueError(f"gt_surface must be 'outer' or 'all', got {protocol.gt_surface!r}")
 
 
 def worst_geometry(protocol: GeometryProtocol) -> GeometryMetrics:

@@ -56,6 +56,7 @@ def test_evaluate_folder_writes_rows_per_object_and_method(tmp_path):
         assert math.isfinite(float(sphere[key])), key
     assert 0 < float(sphere["volume_iou"]) < 1 and int(sphere["faces"]) == 1280
     assert summary["objects"] == 1 and [s["object"] for s in summary["skipped"]] == ["broken"]
+    assert summary["geometry"]["gt_surface"] == "outer"  # the default, recorded with the numbers
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["means"] == summary["means"]
     table = format_table(summary)
     assert "model" in table and "sphere" in table and "1 skipped" in table

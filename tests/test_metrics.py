@@ -186,7 +186,7 @@ def test_fit_sphere_recovers_a_known_sphere():
 
 def test_geometry_metrics_perfect_and_empty():
     gt = concat(box([-0.5] * 3, [0.5] * 3), box([0, -0.5, -0.5], [1, 0.5, 0.5]))
-    protocol = GeometryProtocol(surface_points=2000, volume_points=2000)
+    protocol = GeometryProtocol(surface_points=2000, volume_points=2000, gt_surface="all")
     perfect = geometry_metrics(gt, gt, protocol)
     assert perfect == {"chamfer": 0.0, "fscore@0.1": 1.0, "fscore@0.2": 1.0, "volume_iou": 1.0}
     worst = geometry_metrics(EMPTY, gt, protocol)
@@ -220,3 +220,19 @@ def test_outer_surface_points_drop_hidden_inner_surfaces():
     on_side_out = (points[:, 0] > 1 - 1e-5) & (points[:, 1:].abs().max(dim=1).values <= 0.5 + 1e-5)
     assert bool((on_big | on_side_out).all())  # nothing from the hidden cube or the side cube's inner half
     assert int(on_side_out.sum()) > 100  # the side cube's outer half is kept
+
+
+def test_the_outer_ground_truth_surface_is_the_union_s_boundary():
+    # Two overlapping boxes kept as two shells; their union is one longer box. Scored against the outer surface,
+    # that box is a perfect prediction; against every triangle, the hidden faces inside the other box (x = 0 and
+    # x = 0.5, 0.5 from any outer face) become misses.
+    parts = concat(box([-0.5] * 3, [0.5] * 3), box([0, -0.5, -0.5], [1, 0.5, 0.5]))
+    union = box([-0.5, -0.5, -0.5], [1, 0.5, 0.5])
+    outer = geometry_metrics(union, parts, GeometryProtocol(surface_points=4000, volume_points=2000))
+    # (0.03 is the sampling noise of 4000 points against 4000 on this surface)
+    assert outer["chamfer"] < 0.035 and outer["fscore@0.1"] > 0.995 and outer["volume_iou"] == 1.0
+    every = geometry_metrics(union, parts, GeometryProtocol(surface_points=4000, volume_points=2000,
+                                                            gt_surface="all"))
+    assert every["chamfer"] > outer["chamfer"] + 0.01 and every["fscore@0.1"] < 0.96
+    with pytest.raises(ValueError, match="gt_surface"):
+        geometry_metrics(union, parts, GeometryProtocol(surface_points=100, volume_points=100, gt_surface="inner"))
