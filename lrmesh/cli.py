@@ -145,6 +145,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zero123pp-inputs", action="store_true",
                    help="training layout: make the first six views the Zero123++ views (radius 4, fov 30), the "
                         "views `lrmesh reconstruct` is given, and the rest random")
+    p.add_argument("--no-occupancy", dest="occupancy", action="store_false",
+                   help="training layout: skip occupancy.npz (16k labelled points per object for the occupancy "
+                        "loss; about 2 s an object on a CPU)")
     p.add_argument("--seed", type=int, default=0,
                    help="object i gets seed S + i for its shape (procedural) and its random cameras")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -181,7 +184,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             else:
                 (mesh, to_model), source = load_source_mesh(path), str(path)
             folder = write_object(mesh.to(device), args.output, name, args.layout, views, resolution, seed, source,
-                                  to_model, zero123pp_inputs=args.zero123pp_inputs)
+                                  to_model, zero123pp_inputs=args.zero123pp_inputs, occupancy=args.occupancy)
         except LrmeshError as err:
             tqdm.write(f"lrmesh: warning: skipped: {err}", file=sys.stderr)
             failed.append(str(path))
@@ -213,7 +216,7 @@ def _synth_jobs(args: argparse.Namespace) -> list[tuple[str, int, Path | None]]:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the reconstruction model (stage 1 NeRF, stage 2 mesh)",
                        description="Train a stage from a YAML config (a file, or a name under lrmesh/configs: "
-                                   "instant-nerf-large, instant-mesh-large, small-stage1, small-stage2, tiny-stage1, "
+                                   "instant-nerf-large, instant-mesh-large, small-geometry, small-stage2, tiny-stage1, "
                                    "tiny-stage2), with key=value overrides checked against the config, e.g. "
                                    "data.root=data/objaverse optim.lr=1e-4 devices=8.")
     p.add_argument("config", help="YAML file or config name")

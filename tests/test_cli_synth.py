@@ -52,6 +52,12 @@ def test_procedural_smoke(layout, tmp_path, capsys):
             assert path.is_file(), path
     if layout == "zero123pp":
         assert Image.open(folders[0] / "grid.png").size == (128, 192)  # 2 x 3 views of 64 px
+    if layout == "training":
+        assert all((folder / "occupancy.npz").is_file() for folder in folders)
+        assert main(["synth", "-o", str(tmp_path / "bare"), "--count", "1", "--views", "2", "--resolution", "16",
+                     "--no-occupancy", "-q", "--device", "cpu"]) == 0
+        bare = Path(capsys.readouterr().out.split()[0])
+        assert (bare / "cameras.npz").is_file() and not (bare / "occupancy.npz").exists()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -26,6 +26,8 @@ Layouts:
   holding `cam_poses` (N, 3, 4) float32: OpenGL *world-to-camera* matrices (the loader pads and inverts them
   into OpenGL camera-to-world). Views as the reference renders Objaverse (its authors, InstantMesh issue #13):
   fov 50 degrees, distance uniform in [2.0, 3.5], camera height z uniform in [-0.75, 1.6], azimuth uniform.
+  Beyond the reference's files, `occupancy.npz` (OCCUPANCY_FILE): points in the grid's cube and whether the
+  object contains each, known here because the ground truth is, for the optional occupancy loss.
 - "zero123pp", what `lrmesh reconstruct` takes: `<name>/grid.png` RGBA, 2 views wide and 3 high (view i at row
   i // 2, column i % 2) from the Zero123++ cameras (`lrmesh.cameras`: radius 4.0, fov 30); `normal.png` RGBA and
   `depth.png` 16-bit grids alike; `cameras.json`, the (6, 16) encoder cameras.
@@ -84,6 +86,7 @@ from lrmesh.cameras import (
     spherical_positions,
     turntable_poses,
 )
+from lrmesh import metrics
 from lrmesh.data import LAYOUTS, colmap
 from lrmesh.data.scenes import (
     COLMAP_IMAGES,
@@ -116,6 +119,15 @@ TRAINING_FOV = 50.0
 TRAINING_FOV_KEY = "fov"  # optional (N,) degrees in cameras.npz; absent means TRAINING_FOV for every view
 TRAINING_DISTANCE = (2.0, 3.5)  # camera distance range of the reference's Objaverse renders
 TRAINING_HEIGHT = (-0.75, 1.6)  # camera z range, likewise
+# Not in the reference's layout: for objects whose ground truth is known (the data engine's), points in the
+# FlexiCubes grid's cube and whether each is inside the object, for the optional occupancy loss
+# (`LossConfig.occupancy`). Half uniform in the cube, half on the surface jittered by a Gaussian of either
+# standard deviation; inside by the generalised winding number (`lrmesh.metrics.inside`).
+OCCUPANCY_FILE = "occupancy.npz"  # arrays: points (N, 3) float16, inside (N,) bool
+OCCUPANCY_POINTS = 16384
+OCCUPANCY_HALF_SIDE = 1.05  # the FlexiCubes grid's half side (SynthesizerConfig.grid_scale / 2)
+OCCUPANCY_NOISE = (0.01, 0.05)  # model units
+OCCUPANCY_STREAM = 3  # occupancy samples of object `seed` come from default_rng([OCCUPANCY_STREAM, seed])
 
 # Zero123++ grid files.
 GRID_IMAGE, GRID_DEPTH, GRID_NORMAL, GRID_CAMERAS = "grid.png", "depth.png", "normal.png", "cameras.json"
@@ -274,14 +286,14 @@ def default_views(layout: Layout) -> int:
 
 def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layout, num_views: int, resolution: int,
                  seed: int, source: str, source_to_model: np.ndarray | None = None,
-                 zero123pp_inputs: bool = False) -> Path:
+                 zero123pp_inputs: bool = False, occupancy: bool = True) -> Path:
     """Render `mesh` (model frame) and write it, its ground truth and metadata in `layout` under `output`.
 
     dtu and colmap draw their views first from the camera stream, as blender draws its train views, and their
     world frame from WORLD_STREAM. `num_views` is ignored by the zero123pp layout (always its six views). With
     `zero123pp_inputs` the training layout's first six views are the Zero123++ views (radius 4, fov 30: what
     `lrmesh reconstruct` is given) and the rest random; their fov goes in cameras.npz under `fov` (the reference
-    loader ignores it). Returns the object's folder.
+    loader ignores it). `occupancy` (training layout): also write OCCUPANCY_FILE. Returns the object's folder.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -299,6 +311,9 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
                 raise ValueError(f"zero123pp_inputs needs more than {NUM_VIEWS} views, got {num_views}")
             c2w[:NUM_VIEWS], fov[:NUM_VIEWS] = zero123pp_poses(), ZERO123PP_FOV
         depth_scale = _write_training(mesh, folder, c2w, fov, resolution)
+        if occupancy:
+            points, inside = occupancy_samples(mesh, OCCUPANCY_POINTS, seed)
+            np.savez(folder / OCCUPANCY_FILE, points=points.numpy().astype(np.float16), inside=inside.numpy())
     elif layout == "zero123pp":
         folder = output / name
         depth_scale = _write_zero123pp(mesh, folder, resolution)
@@ -325,6 +340,18 @@ def write_object(mesh: Mesh, output: str | os.PathLike, name: str, layout: Layou
     if layout == "training":
         _register_training_object(output, name)
     return folder
+
+
+def occupancy_samples(mesh: Mesh, count: int, seed: int) -> tuple[Tensor, Tensor]:
+    """`count` points for the occupancy loss and whether each lies inside `mesh` -> (count, 3) float32, (count,)
+    bool; see OCCUPANCY_FILE. The same seed gives the same points."""
+    rng = np.random.default_rng([OCCUPANCY_STREAM, seed])
+    uniform = rng.uniform(-OCCUPANCY_HALF_SIDE, OCCUPANCY_HALF_SIDE, (count // 2, 3))
+    near = count - count // 2
+    surface = metrics.sample_surface(mesh, near, seed=int(rng.integers(2**31))).double().numpy()
+    sigma = rng.choice(OCCUPANCY_NOISE, size=(near, 1))
+    points = torch.from_numpy(np.concatenate([uniform, surface + rng.normal(size=(near, 3)) * sigma]).astype(np.float32))
+    return points, metrics.inside(mesh.to("cpu"), points)
 
 
 def _write_training(mesh: Mesh, folder: Path, c2w: Tensor, fov: Tensor, resolution: int) -> float:

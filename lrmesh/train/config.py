@@ -33,6 +33,7 @@ class DataConfig:
     render_zoom: tuple[int, int] = (192, 512)  # targets are resized to a random side in this range, then cropped
     camera_noise: float = 0.02  # uniform noise on the input camera vector, +-this (reference: 0.02)
     normalize_rotation: bool = False  # rotate the world about z so the first input view sits at azimuth 0
+    occupancy_points: int = 0  # points per object drawn from its occupancy.npz for the occupancy loss (0: none)
     validation_fraction: float = 0.02  # objects held out for validation images (at least one)
     num_workers: int = 2
 
@@ -49,6 +50,15 @@ class LossConfig:
     sdf_entropy: float = 0.01  # stage 2: sign-flip cross-entropy on grid edges
     surface: float = 0.5  # stage 2: FlexiCubes dual-vertex deviation
     weights: float = 0.1  # stage 2: FlexiCubes weight magnitude
+    # Not in the reference: binary cross-entropy of inside / outside at points with known occupancy (objects from
+    # `lrmesh synth --layout training`, which writes occupancy.npz): logit = -sdf (stage 2) or density - the
+    # stage-1 iso-level (stage 1). A dense 3-D signal that makes small models learn shape on a CPU budget.
+    occupancy: float = 0.0
+
+    @property
+    def needs_renders(self) -> bool:
+        """Whether any loss but the occupancy one is on (all off: a step renders nothing, geometry only)."""
+        return any(getattr(self, f.name) > 0 for f in dataclasses.fields(self) if f.name != "occupancy")
 
 
 @dataclass
@@ -154,5 +164,9 @@ def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainCon
         raise ConfigError(f"train.stage must be 1 or 2, got {cfg.stage!r}")
     if cfg.data.num_input_views < 1:
         raise ConfigError("data.num_input_views must be at least 1")
+    if cfg.loss.occupancy > 0 and cfg.data.occupancy_points < 1:
+        raise ConfigError("loss.occupancy needs points: set data.occupancy_points (e.g. 4096)")
+    if not cfg.loss.needs_renders and cfg.loss.occupancy <= 0:
+        raise ConfigError("every loss weight is zero: nothing to train")
     cfg.model_config()  # model overrides are checked now, not at the first step
     return cfg

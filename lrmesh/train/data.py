@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from lrmesh.cameras import intrinsics_matrix
 from lrmesh.data.multiview import (
+    OCCUPANCY_FILE,
     TRAINING_CAMERAS,
     TRAINING_DEPTH_SCALE,
     TRAINING_FOV,
@@ -229,6 +230,9 @@ class MultiviewDataset(Dataset):
             return _resize(x, full, smooth)[..., py:py + c, px:px + c]
 
         target_k = torch.stack([crop_intrinsics(kk, px / full, py / full, c / full) for kk in k])
+        extra = {}
+        if cfg.occupancy_points > 0:  # drawn last, so the draws above are the same with or without it
+            extra = self.occupancy(folder, rng, rotation if cfg.normalize_rotation else None)
         return {
             "input_images": images,  # (V, 3, S, S)
             "input_cameras": cameras,  # (V, 16)
@@ -238,7 +242,21 @@ class MultiviewDataset(Dataset):
             "target_normals": crop(views.normal, False),  # (T, 3, C, C) world, [-1, 1]
             "target_c2w": views.c2w,  # (T, 4, 4)
             "target_intrinsics": target_k,  # (T, 3, 3) normalised
+            **extra,
         }
+
+    def occupancy(self, folder: Path, rng: np.random.Generator, rotation: Tensor | None) -> dict[str, Tensor]:
+        """`occupancy_points` random points of the object's occupancy.npz (in the frame of its cameras)."""
+        with np.load(folder / OCCUPANCY_FILE) as stored:
+            points, inside = stored["points"], stored["inside"]
+        if points.ndim != 2 or points.shape[1] != 3 or inside.shape != points.shape[:1]:
+            raise ValueError(f"{OCCUPANCY_FILE}: points {points.shape} and inside {inside.shape} do not match")
+        pick = rng.integers(0, points.shape[0], self.cfg.occupancy_points)
+        selected = torch.from_numpy(points[pick].astype(np.float32))
+        if rotation is not None:
+            selected = selected @ rotation[:3, :3].T
+        return {"occupancy_points": selected,  # (P, 3)
+                "occupancy_inside": torch.from_numpy(inside[pick].astype(np.float32))}  # (P,) 1 inside
 
 
 class StepSampler(Sampler[int]):

@@ -25,6 +25,7 @@ from lrmesh.checkpoints import load_hf_vit, load_model, save_model
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.flexicubes import flexicubes_extract, surface_cube_mask
 from lrmesh.model.lrm import LRM
+from lrmesh.model.triplane import sample_triplanes
 from lrmesh.render.raster import antialias, interpolate, project_intrinsics, rasterize
 from lrmesh.render.shaded import FAR, NEAR
 from lrmesh.train import losses
@@ -45,6 +46,7 @@ class Rendered:
     depth: Tensor  # (B, T, 1, C, C) camera z-depth, 0 off the object (stage 2) / expected depth (stage 1)
     normal: Tensor | None = None  # (B, T, 3, C, C) world normals (stage 2)
     regularizers: dict[str, Tensor] | None = None  # stage 2: unweighted FlexiCubes / SDF regularisers
+    planes: Tensor | None = None  # (B, 3, C, H, W) the triplanes rendered (set by `ReconstructionModule.forward`)
 
 
 def build_model(cfg: TrainConfig) -> LRM:
@@ -192,10 +194,33 @@ class ReconstructionModule(L.LightningModule):
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Rendered:
         planes = self.model.forward_planes(batch["input_images"], batch["input_cameras"])
         size = batch["target_images"].shape[-1]
-        return self.render(planes, batch["target_c2w"], batch["target_intrinsics"], size, generator)
+        rendered = self.render(planes, batch["target_c2w"], batch["target_intrinsics"], size, generator)
+        rendered.planes = planes
+        return rendered
 
-    def compute_losses(self, rendered: Rendered, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Weighted loss terms (their sum is the loss) and, under `psnr`, the PSNR of the renders (not a loss)."""
+    def inside_logits(self, planes: Tensor, points: Tensor) -> Tensor:
+        """planes (B, 3, C, H, W), points (B, P, 3) -> (B, P) logits of "inside": -sdf for the mesh synthesizer,
+        raw density minus NERF_TO_SDF_LEVEL for the NeRF one (the level stage 2 starts its zero set at)."""
+        synth = self.model.synthesizer
+        features = sample_triplanes(planes, points, synth.cfg.box_warp)
+        if self.model.kind == "mesh":
+            return -synth.decoder.sdf(features)[..., 0]
+        return synth.decoder(features).sigma[..., 0] - NERF_TO_SDF_LEVEL
+
+    def compute_losses(self, rendered: Rendered | None, batch: dict[str, Tensor],
+                       planes: Tensor | None = None) -> dict[str, Tensor]:
+        """Weighted loss terms; their sum is the loss. `rendered` is None when no loss needs renders (then the
+        triplanes come as `planes`)."""
+        w = self.cfg.loss
+        terms = self._render_losses(rendered, batch) if rendered is not None else {}
+        if w.occupancy > 0:
+            if "occupancy_points" not in batch:
+                raise LrmeshError("loss.occupancy is on but the batch has no occupancy points (data.occupancy_points)")
+            logits = self.inside_logits(rendered.planes if planes is None else planes, batch["occupancy_points"])
+            terms["occupancy"] = w.occupancy * F.binary_cross_entropy_with_logits(logits, batch["occupancy_inside"])
+        return terms
+
+    def _render_losses(self, rendered: Rendered, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         w = self.cfg.loss
         target, alpha = batch["target_images"], batch["target_alphas"]
         terms = {"mse": w.mse * losses.image_mse(rendered.rgb, target),
@@ -221,19 +246,23 @@ class ReconstructionModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        rendered = self(batch, self.step_generator())
-        terms = self.compute_losses(rendered, batch)
+        if self.cfg.loss.needs_renders:
+            rendered, planes = self(batch, self.step_generator()), None
+        else:  # occupancy alone: no rendering at all
+            rendered, planes = None, self.model.forward_planes(batch["input_images"], batch["input_cameras"])
+        terms = self.compute_losses(rendered, batch, planes)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise TrainingDiverged(f"loss is {loss.item()} at step {self.global_step} ({values}); stopped. The last "
                                    f"good checkpoint is {self.last_checkpoint or 'not written yet'}; resume from it "
                                    "with a lower optim.lr or check the data")
-        with torch.no_grad():
-            psnr = metrics.psnr(rendered.rgb.flatten(0, 1).clamp(0, 1), batch["target_images"].flatten(0, 1))
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("psnr", psnr, prog_bar=True, on_step=True, on_epoch=False)
+        if rendered is not None:
+            with torch.no_grad():
+                psnr = metrics.psnr(rendered.rgb.flatten(0, 1).clamp(0, 1), batch["target_images"].flatten(0, 1))
+            self.log("psnr", psnr, prog_bar=True, on_step=True, on_epoch=False)
         # The step this loss belongs to (Lightning's own `step` column shifts by one after a resume).
         self.log("train/step", float(self.global_step), on_step=True, on_epoch=False)
         return loss

@@ -20,9 +20,13 @@ from scipy.spatial import cKDTree
 from lrmesh.cameras import ZERO123PP_FOV, orbit_poses, zero123pp_cameras
 from lrmesh.data.multiview import (
     DEPTH16_SCALE,
+    OCCUPANCY_FILE,
+    OCCUPANCY_HALF_SIDE,
+    OCCUPANCY_POINTS,
     TRAINING_DEPTH_SCALE,
     TRAINING_FOV,
     load_source_mesh,
+    occupancy_samples,
     write_object,
 )
 from lrmesh.data.synthetic import OBJECT_RADIUS, random_object
@@ -124,7 +128,7 @@ def test_training_layout_names_and_cameras(written):
     root = folder.parent.parent
     assert folder.parent.name == "rendering_random_32views"
     assert json.loads((root / "valid_paths.json").read_text()) == {"good_objs": ["thing"]}
-    expected = {"cameras.npz", "gt.glb", "meta.json"}
+    expected = {"cameras.npz", "gt.glb", "meta.json", "occupancy.npz"}
     expected |= {f"{i:03d}{suffix}.png" for i in range(VIEWS) for suffix in ("", "_normal", "_depth")}
     assert {p.name for p in folder.iterdir()} == expected
     assert Image.open(folder / "000.png").mode == "RGBA"
@@ -264,3 +268,30 @@ def test_training_layout_can_start_with_the_zero123pp_views(tmp_path):
     np.testing.assert_allclose(first[..., 3] / 255.0, reference, atol=1 / 255)
     with pytest.raises(ValueError, match="more than 6 views"):
         write_object(mesh, tmp_path, "few", "training", 6, 32, 3, "test", zero123pp_inputs=True)
+
+
+def test_training_layout_writes_the_occupancy_of_its_ground_truth(tmp_path):
+    # A ball of radius r: a point is inside exactly when |p| < r (up to the tessellation, well under 0.005).
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=OBJECT_RADIUS)
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    folder = write_object(mesh, tmp_path, "ball", "training", 2, 16, 4, "test")
+    with np.load(folder / OCCUPANCY_FILE) as stored:
+        points, inside = stored["points"].astype(np.float64), stored["inside"]
+    assert points.shape == (OCCUPANCY_POINTS, 3) and inside.dtype == bool
+    assert np.abs(points).max() <= OCCUPANCY_HALF_SIDE + 0.2  # the cube, plus the jitter around the surface
+    radius = np.linalg.norm(points, axis=1)
+    clear = np.abs(radius - OBJECT_RADIUS) > 0.005
+    np.testing.assert_array_equal(inside[clear], radius[clear] < OBJECT_RADIUS)
+    # Half on the surface (jittered by at most a few 0.05), and of the uniform half the shell's share of the cube:
+    # 4/3 pi (1.05^3 - 0.75^3) / 2.1^3 = 0.333 -> 0.5 + 0.5 * 0.333 = 0.667 expected within 0.15 of the surface.
+    near = np.abs(radius - OBJECT_RADIUS) < 0.15
+    assert 0.64 < near.mean() < 0.69
+    assert 0.3 < inside.mean() < 0.6
+    # The same seed gives the same points.
+    again, _ = occupancy_samples(mesh, OCCUPANCY_POINTS, 4)
+    np.testing.assert_array_equal(again.numpy().astype(np.float16), stored_points(folder))
+
+
+def stored_points(folder):
+    with np.load(folder / OCCUPANCY_FILE) as stored:
+        return stored["points"]
