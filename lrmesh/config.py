@@ -137,9 +137,9 @@ PRESETS: dict[str, ModelConfig] = {
     "instant-nerf-base": _preset("nerf", 12, 40, 96),
     "tiny": _tiny("mesh"),
     "tiny-nerf": _tiny("nerf"),
-    # The model lrmesh trains and ships (lrmesh/assets/lrmesh-small.safetensors, ~2M parameters): views
-    # resized to 128 px (64 tokens each), a 32^2 triplane, a 32^3 FlexiCubes grid. Trained on this project's
-    # synthetic objects, see configs/train-small-*.yaml and the README.
+    # The model lrmesh is to train and ship (~2M parameters): views resized to 128 px (64 tokens each), a 32^2
+    # triplane, a 32^3 FlexiCubes grid. Trained on this project's synthetic objects by configs/small-geometry.yaml
+    # then configs/small-stage2.yaml; see the README.
     "small": _small("mesh"),
     "small-nerf": _small("nerf"),
 }
