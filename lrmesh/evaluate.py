@@ -195,7 +195,7 @@ def evaluate_object(model: LRM, item: EvalObject, settings: EvalSettings) -> lis
 
 
 def _sphere_baseline(gt: Mesh, settings: EvalSettings) -> Mesh:
-    """The sphere fitted to the ground truth's surface samples (the surface the metrics use), in the ground truth's mean colour."""
+    """The sphere fitted to samples of the ground truth's surface (the one the metrics use), in its mean colour."""
     centre, radius = fit_sphere(gt_surface_points(gt, settings.geometry, settings.seed))
     sphere = sphere_mesh(centre, radius)
     colour = _mean_colour(gt)

@@ -59,7 +59,7 @@ FSCORE_THRESHOLDS = (0.1, 0.2)  # the paper's 0.2, and a stricter one
 VOLUME_POINTS = 20_000  # IoU standard error ~ sqrt(IoU (1 - IoU) / points inside either): <= 0.007 at 30 % fill
 CUBE_HALF_SIDE = 1.0  # the normalisation cube is [-1, 1]^3
 WORST_CHAMFER = 2 * math.sqrt(3) * CUBE_HALF_SIDE  # the cube's diagonal
-OUTER_PROBE_OFFSET = 1e-4  # model units: how far outside its face `outer_surface_points` tests a point
+OUTER_PROBE_OFFSET = 1e-4  # mesh units: how far outside its face `outer_surface_points` tests a point
 INSIDE_WINDING = 0.5  # Jacobson et al. 2013: inside where the winding number exceeds 1/2
 SPHERE_SUBDIVISIONS = 3  # icosphere of 1280 faces: its surface within 0.5 % of the radius of the true sphere
 

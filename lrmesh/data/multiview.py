@@ -74,6 +74,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 from torch import Tensor
 
+from lrmesh import metrics
 from lrmesh.cameras import (
     ZERO123PP_AZIMUTHS,
     ZERO123PP_ELEVATIONS,
@@ -86,7 +87,6 @@ from lrmesh.cameras import (
     spherical_positions,
     turntable_poses,
 )
-from lrmesh import metrics
 from lrmesh.data import LAYOUTS, colmap
 from lrmesh.data.scenes import (
     COLMAP_IMAGES,
@@ -350,7 +350,8 @@ def occupancy_samples(mesh: Mesh, count: int, seed: int) -> tuple[Tensor, Tensor
     near = count - count // 2
     surface = metrics.sample_surface(mesh, near, seed=int(rng.integers(2**31))).double().numpy()
     sigma = rng.choice(OCCUPANCY_NOISE, size=(near, 1))
-    points = torch.from_numpy(np.concatenate([uniform, surface + rng.normal(size=(near, 3)) * sigma]).astype(np.float32))
+    jittered = surface + rng.normal(size=(near, 3)) * sigma
+    points = torch.from_numpy(np.concatenate([uniform, jittered]).astype(np.float32))
     return points, metrics.inside(mesh.to("cpu"), points)
 
 

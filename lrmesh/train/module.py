@@ -209,13 +209,11 @@ class ReconstructionModule(L.LightningModule):
 
     def compute_losses(self, rendered: Rendered | None, batch: dict[str, Tensor],
                        planes: Tensor | None = None) -> dict[str, Tensor]:
-        """Weighted loss terms; their sum is the loss. `rendered` is None when no loss needs renders (then the
-        triplanes come as `planes`)."""
+        """Weighted loss terms; their sum is the loss. `planes` defaults to `rendered.planes`; `rendered` is None
+        when no loss needs renders."""
         w = self.cfg.loss
         terms = self._render_losses(rendered, batch) if rendered is not None else {}
         if w.occupancy > 0:
-            if "occupancy_points" not in batch:
-                raise LrmeshError("loss.occupancy is on but the batch has no occupancy points (data.occupancy_points)")
             logits = self.inside_logits(rendered.planes if planes is None else planes, batch["occupancy_points"])
             terms["occupancy"] = w.occupancy * F.binary_cross_entropy_with_logits(logits, batch["occupancy_inside"])
         return terms
@@ -247,7 +245,8 @@ class ReconstructionModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         if self.cfg.loss.needs_renders:
-            rendered, planes = self(batch, self.step_generator()), None
+            rendered = self(batch, self.step_generator())
+            planes = rendered.planes
         else:  # occupancy alone: no rendering at all
             rendered, planes = None, self.model.forward_planes(batch["input_images"], batch["input_cameras"])
         terms = self.compute_losses(rendered, batch, planes)

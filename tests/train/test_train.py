@@ -227,3 +227,16 @@ def test_occupancy_loss_reads_the_points_and_scores_the_field(tiny_data, tmp_pat
     rotation = b["target_c2w"][0, :3, :3] @ a["target_c2w"][0, :3, :3].T
     torch.testing.assert_close(b["occupancy_points"], a["occupancy_points"] @ rotation.T, atol=1e-5, rtol=0)
     torch.testing.assert_close(b["occupancy_inside"], a["occupancy_inside"])
+
+
+def test_an_object_without_occupancy_is_skipped_by_name(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    (root / "rendering_random_32views" / "obj1" / "occupancy.npz").unlink()
+    cfg = _cfg("tiny-stage2", root, tmp_path, "loss.occupancy=1", "data.occupancy_points=20")
+    dataset = MultiviewDataset(cfg.data, list_objects(root), seed=0, train=False)
+    with pytest.warns(UserWarning, match=r"skipping training object 'obj1'.*occupancy\.npz"):
+        sample = dataset[1]  # obj1's turn: obj2 takes its place
+    assert sample["occupancy_points"].shape == (20, 3)
