@@ -144,7 +144,7 @@ def infer_config(state: dict[str, Tensor], source: str = "checkpoint") -> tuple[
 def _signature_of_state(state: dict[str, Tensor]) -> dict[str, Tensor | None]:
     keys = ("encoder.vit.pos_embed", "encoder.vit.patch_embed.weight", "encoder.vit.blocks.0.mlp.fc1.weight",
             "transformer.pos_embed", "transformer.deconv.weight", "synthesizer.decoder.net.6.weight",
-            "synthesizer.decoder.net_sdf.0.weight", "synthesizer.decoder.net_weight.6.weight")
+            "synthesizer.decoder.net_sdf.0.weight", "synthesizer.decoder.net_weight.6.weight", "lifting.proj.weight")
     sig: dict = {k: tuple(state[k].shape) if k in state else None for k in keys}
     sig["vit_blocks"] = len({k.split(".")[3] for k in state if k.startswith("encoder.vit.blocks.")})
     sig["transformer_blocks"] = len({k.split(".")[2] for k in state if k.startswith("transformer.blocks.")})
@@ -229,12 +229,18 @@ def load_model(path: str | Path, config: ModelConfig | str | Path | None = None)
     return model.eval()
 
 
-def save_model(model: LRM, path: str | Path) -> Path:
-    """Write our checkpoint: safetensors (config JSON in its metadata) plus the same JSON beside it."""
+def save_model(model: LRM, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write our checkpoint: safetensors (config JSON in its metadata) plus the same JSON beside it.
+
+    `dtype` (e.g. torch.float16, half the file) stores the floating-point tensors in that type; `load_model`
+    builds a float32 model whatever the file holds.
+    """
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(model.cfg.to_dict())
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(path), metadata={CONFIG_METADATA_KEY: config_json})
     path.with_suffix(".json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     return path

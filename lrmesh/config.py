@@ -48,6 +48,9 @@ class TransformerConfig:
     low_res: int = 32  # tokens per plane side; the deconvolution doubles it
     triplane_dim: int = 80  # channels of each output plane
     mlp_ratio: float = 4.0  # MLP hidden width / dim
+    # Optional, not in the reference (0 = off, as in the releases): plane tokens start from the image tokens
+    # their line projects onto, averaged over the views and this many points along the line (model/lifting.py)
+    projected_samples: int = 0
 
     @property
     def high_res(self) -> int:
@@ -123,7 +126,8 @@ def _tiny(kind: str) -> ModelConfig:
 def _small(kind: str) -> ModelConfig:
     return ModelConfig(
         encoder=EncoderConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256, input_size=128),
-        transformer=TransformerConfig(dim=128, num_layers=4, num_heads=4, low_res=16, triplane_dim=16),
+        transformer=TransformerConfig(dim=128, num_layers=4, num_heads=4, low_res=16, triplane_dim=16,
+                                      projected_samples=8),
         synthesizer=SynthesizerConfig(kind=kind, hidden_dim=64, samples_per_ray=48, grid_res=32,
                                       mesh_resolution=96, mesh_threshold=5.0),
     )
@@ -137,8 +141,9 @@ PRESETS: dict[str, ModelConfig] = {
     "instant-nerf-base": _preset("nerf", 12, 40, 96),
     "tiny": _tiny("mesh"),
     "tiny-nerf": _tiny("nerf"),
-    # The model lrmesh is to train and ship (~2M parameters): views resized to 128 px (64 tokens each), a 32^2
-    # triplane, a 32^3 FlexiCubes grid. Trained on this project's synthetic objects by configs/small-geometry.yaml
+    # The model lrmesh trains and ships (~2M parameters): views resized to 128 px (64 tokens each), a 32^2
+    # triplane whose tokens start from the image tokens they project onto (model/lifting.py), a 32^3
+    # FlexiCubes grid. Trained on this project's synthetic objects by configs/small-geometry.yaml
     # then configs/small-stage2.yaml; see the README.
     "small": _small("mesh"),
     "small-nerf": _small("nerf"),

@@ -31,7 +31,7 @@ def test_preset_is_recognised_from_shapes(fixture_dir):
 
 
 @pytest.mark.parametrize("name", ["instant-mesh-large", "instant-mesh-base", "instant-nerf-large",
-                                  "instant-nerf-base"])
+                                  "instant-nerf-base", "small", "small-nerf"])
 def test_released_presets_are_recognised(name):
     with torch.device("meta"):
         state = LRM(preset(name)).state_dict()
@@ -142,6 +142,17 @@ def test_safetensors_round_trip(mesh_model, fixture_views, fixture_cameras, tmp_
     assert again.cfg == mesh_model.cfg
     assert torch.equal(_planes(again, fixture_views, fixture_cameras),
                        _planes(mesh_model, fixture_views, fixture_cameras))
+
+
+def test_half_precision_file_loads_as_a_float32_model(mesh_model, tmp_path):
+    full = save_model(mesh_model, tmp_path / "full")
+    half = save_model(mesh_model, tmp_path / "half", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    again = load_model(half)
+    for key, value in mesh_model.state_dict().items():
+        loaded = again.state_dict()[key]
+        assert loaded.dtype == value.dtype
+        assert torch.equal(loaded, value.half().to(value.dtype) if value.is_floating_point() else value)
 
 
 def test_hf_vit_weights_initialise_the_encoder(official, mesh_model, tmp_path):

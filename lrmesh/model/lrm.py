@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lrmesh.config import ModelConfig
+from lrmesh.model.lifting import ProjectedQueries
 from lrmesh.model.synthesizers import MeshSynthesizer, NerfSynthesizer, make_synthesizer
 from lrmesh.model.transformer import TriplaneTransformer
 from lrmesh.model.vit import ImageEncoder
@@ -21,6 +22,9 @@ class LRM(nn.Module):
         self.transformer = TriplaneTransformer(cfg.transformer, cond_dim=cfg.encoder.hidden_size)
         self.synthesizer: MeshSynthesizer | NerfSynthesizer = make_synthesizer(
             cfg.synthesizer, cfg.transformer.triplane_dim)
+        t = cfg.transformer
+        self.lifting = (ProjectedQueries(t.low_res, t.projected_samples, cfg.synthesizer.box_warp,
+                                         cfg.encoder.hidden_size, t.dim) if t.projected_samples > 0 else None)
 
     @property
     def kind(self) -> str:
@@ -33,4 +37,10 @@ class LRM(nn.Module):
         if cameras.shape[:2] != images.shape[:2] or cameras.shape[-1] != self.cfg.encoder.camera_dim:
             raise ValueError(f"cameras must be (B, V, {self.cfg.encoder.camera_dim}) matching the images, "
                              f"got {tuple(cameras.shape)} for images {tuple(images.shape)}")
-        return self.transformer(self.encoder(images, cameras))
+        tokens = self.encoder(images, cameras)
+        if self.lifting is None:
+            return self.transformer(tokens)
+        side = self.cfg.encoder.input_size or images.shape[-1]
+        height = self.cfg.encoder.input_size or images.shape[-2]
+        grid = (height // self.cfg.encoder.patch_size, side // self.cfg.encoder.patch_size)
+        return self.transformer(tokens, self.lifting(tokens, cameras, grid))

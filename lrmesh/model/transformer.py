@@ -49,9 +49,12 @@ class TriplaneTransformer(nn.Module):
         self.deconv = nn.ConvTranspose2d(cfg.dim, cfg.triplane_dim, kernel_size=2, stride=2)
         self.gradient_checkpointing = False
 
-    def forward(self, cond: Tensor) -> Tensor:
+    def forward(self, cond: Tensor, queries: Tensor | None = None) -> Tensor:
+        """cond: image tokens; queries: optional (B, 3*r*r, D) added to the learned plane tokens."""
         b = cond.shape[0]
         x = self.pos_embed.expand(b, -1, -1)  # (B, 3*r*r, D), plane-major then row then column
+        if queries is not None:
+            x = x + queries
         for block in self.blocks:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, cond, use_reentrant=False)
