@@ -235,6 +235,8 @@ def save_model(model: LRM, path: str | Path, dtype: torch.dtype | None = None) -
     `dtype` (e.g. torch.float16, half the file) stores the floating-point tensors in that type; `load_model`
     builds a float32 model whatever the file holds.
     """
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"save_model: dtype must be a floating-point type, got {dtype}")
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(model.cfg.to_dict())

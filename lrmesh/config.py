@@ -49,7 +49,8 @@ class TransformerConfig:
     triplane_dim: int = 80  # channels of each output plane
     mlp_ratio: float = 4.0  # MLP hidden width / dim
     # Optional, not in the reference (0 = off, as in the releases): plane tokens start from the image tokens
-    # their line projects onto, averaged over the views and this many points along the line (model/lifting.py)
+    # their line projects onto, read at this many points along the line and averaged over the views
+    # (model/lifting.py)
     projected_samples: int = 0
 
     @property

@@ -153,6 +153,8 @@ def test_half_precision_file_loads_as_a_float32_model(mesh_model, tmp_path):
         loaded = again.state_dict()[key]
         assert loaded.dtype == value.dtype
         assert torch.equal(loaded, value.half().to(value.dtype) if value.is_floating_point() else value)
+    with pytest.raises(ValueError, match="floating-point"):
+        save_model(mesh_model, tmp_path / "int", dtype=torch.int8)
 
 
 def test_hf_vit_weights_initialise_the_encoder(official, mesh_model, tmp_path):

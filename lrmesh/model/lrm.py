@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lrmesh.config import ModelConfig
+from lrmesh.errors import ConfigError
 from lrmesh.model.lifting import ProjectedQueries
 from lrmesh.model.synthesizers import MeshSynthesizer, NerfSynthesizer, make_synthesizer
 from lrmesh.model.transformer import TriplaneTransformer
@@ -23,6 +24,8 @@ class LRM(nn.Module):
         self.synthesizer: MeshSynthesizer | NerfSynthesizer = make_synthesizer(
             cfg.synthesizer, cfg.transformer.triplane_dim)
         t = cfg.transformer
+        if t.projected_samples < 0:
+            raise ConfigError(f"transformer.projected_samples must be 0 (off) or positive, got {t.projected_samples}")
         self.lifting = (ProjectedQueries(t.low_res, t.projected_samples, cfg.synthesizer.box_warp,
                                          cfg.encoder.hidden_size, t.dim) if t.projected_samples > 0 else None)
 
@@ -40,7 +43,7 @@ class LRM(nn.Module):
         tokens = self.encoder(images, cameras)
         if self.lifting is None:
             return self.transformer(tokens)
-        side = self.cfg.encoder.input_size or images.shape[-1]
-        height = self.cfg.encoder.input_size or images.shape[-2]
-        grid = (height // self.cfg.encoder.patch_size, side // self.cfg.encoder.patch_size)
+        size, patch = self.cfg.encoder.input_size, self.cfg.encoder.patch_size
+        height, width = (size, size) if size else images.shape[-2:]  # the encoder resizes to input_size
+        grid = (height // patch, width // patch)
         return self.transformer(tokens, self.lifting(tokens, cameras, grid))

@@ -5,6 +5,7 @@ import torch
 
 from lrmesh.cameras import encoder_cameras, orbit_poses, pixel_rays, render_cameras, zero123pp_cameras
 from lrmesh.config import preset
+from lrmesh.errors import ConfigError
 from lrmesh.model.lifting import ProjectedQueries, plane_line_points, project
 from lrmesh.model.lrm import LRM
 from lrmesh.model.triplane import sample_triplanes
@@ -60,7 +61,8 @@ def test_projected_queries_average_the_patches_they_see():
     # (huge) CLS tokens take no part
     assert out.shape == (1, 12, 5)
     assert torch.allclose(out, lift.proj(patch.repeat(3)).expand(1, 12, 5), atol=1e-4)
-    # a view whose tokens vary left to right: tokens on lines further right in the image read larger values
+    # a view whose tokens run from 0 (left column) to 1 (right): every token reads a value between the two, and
+    # tokens whose lines fall on different parts of the image read different values
     ramp = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).reshape(4, 1) * torch.ones(4, dim)
     tokens = torch.cat([torch.zeros(1, 1, dim), ramp[None]], dim=1)
     lift.proj = torch.nn.Identity()
@@ -80,3 +82,10 @@ def test_lifting_is_off_in_the_releases_and_adds_its_keys_when_on():
     assert planes.shape == (2, 3, 8, 16, 16)
     planes.square().mean().backward()
     assert model.lifting.proj.weight.grad.abs().sum() > 0
+
+
+def test_negative_projected_samples_is_a_config_error():
+    cfg = preset("tiny")
+    cfg.transformer.projected_samples = -1
+    with pytest.raises(ConfigError, match="projected_samples must be 0"):
+        LRM(cfg)
