@@ -33,9 +33,10 @@ def reconstruct(model: LRM, views: Tensor, cameras: Tensor, texture: bool = Fals
     stages = stages or Stages(cameras.device, show=False)
     device = next(model.parameters()).device
     stages("encode")
-    tokens = model.encoder(views[None].to(device), cameras[None].to(device))
+    views, cameras = views[None].to(device), cameras[None].to(device)
+    tokens = model.encoder(views, cameras)
     stages("transformer")
-    planes = model.transformer(tokens)
+    planes = model.planes_from_tokens(tokens, cameras, views.shape[-2:])
     synthesizer = model.synthesizer
     mesh = synthesizer.extract_mesh(planes, with_colors=not texture, progress=stages)
     if texture and mesh.num_faces:

@@ -40,10 +40,14 @@ class LRM(nn.Module):
         if cameras.shape[:2] != images.shape[:2] or cameras.shape[-1] != self.cfg.encoder.camera_dim:
             raise ValueError(f"cameras must be (B, V, {self.cfg.encoder.camera_dim}) matching the images, "
                              f"got {tuple(cameras.shape)} for images {tuple(images.shape)}")
-        tokens = self.encoder(images, cameras)
+        return self.planes_from_tokens(self.encoder(images, cameras), cameras, images.shape[-2:])
+
+    def planes_from_tokens(self, tokens: Tensor, cameras: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """The transformer half of `forward_planes`: encoder tokens (B, V * (1 + HW/p^2), D), the cameras they
+        were made with (B, V, 16) and the (H, W) of the images given to the encoder -> triplanes."""
         if self.lifting is None:
             return self.transformer(tokens)
         size, patch = self.cfg.encoder.input_size, self.cfg.encoder.patch_size
-        height, width = (size, size) if size else images.shape[-2:]  # the encoder resizes to input_size
+        height, width = (size, size) if size else image_size  # the encoder resizes to input_size
         grid = (height // patch, width // patch)
         return self.transformer(tokens, self.lifting(tokens, cameras, grid))

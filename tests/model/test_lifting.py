@@ -89,3 +89,23 @@ def test_negative_projected_samples_is_a_config_error():
     cfg.transformer.projected_samples = -1
     with pytest.raises(ConfigError, match="projected_samples must be 0"):
         LRM(cfg)
+
+
+def test_reconstruct_uses_the_lifting_as_training_does():
+    # Regression: reconstruct once called the transformer without the projected queries, so a model trained with
+    # them saw planes at inference that it was never trained on. Its planes must be forward_planes' planes.
+    from lrmesh.reconstruct import reconstruct
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.transformer.projected_samples = 4
+    model = LRM(cfg).eval()
+    with torch.no_grad():
+        model.lifting.proj.bias.fill_(0.5)  # a lifting that moves the planes a lot
+    views, cams = torch.rand(6, 3, 48, 48), zero123pp_cameras()
+    with torch.no_grad():
+        expected = model.forward_planes(views[None], cams[None])
+        without = model.transformer(model.encoder(views[None], cams[None]))
+    planes = reconstruct(model, views, cams).planes
+    assert (without - expected).abs().max() > 1e-2
+    torch.testing.assert_close(planes, expected)
