@@ -15,8 +15,8 @@ from lrmesh.errors import LrmeshError
 
 ASSETS = resources.files("lrmesh") / "assets"
 EXAMPLE_VIEWS = "example_views.png"
-# Until a trained model ships, the default checkpoint is the parity-test model: right shapes, random weights.
-DEFAULT_CHECKPOINT = "tiny-random.safetensors"
+# The default checkpoint: the small model trained on the synthetic data engine (README: "The shipped model").
+DEFAULT_CHECKPOINT = "lrmesh-small.safetensors"
 VIDEO_RADIUS = 4.5  # the reference CLI's turntable distance
 VIDEO_ELEVATION = 20.0
 # `lrmesh synth` view size per layout: the reference trains on 512 px renders, Zero123++ views are 320 px, and
@@ -38,7 +38,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                                    "or six image files. Without arguments: the bundled example.")
     p.add_argument("views", nargs="*", help="grid image, folder, or view files (default: bundled example)")
     p.add_argument("-c", "--checkpoint", help="official InstantMesh .ckpt or lrmesh .safetensors "
-                                              "(default: bundled tiny model with RANDOM weights)")
+                                              "(default: the bundled small lrmesh model)")
     p.add_argument("--config", help="reference-format YAML for the checkpoint (default: inferred from it)")
     p.add_argument("-o", "--output", help="mesh file: .obj, .glb or .ply (default: outputs/<input name>.obj)")
     p.add_argument("--texture", action="store_true", help="bake a UV texture map instead of vertex colours")
@@ -101,11 +101,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_path(checkpoint: str | None, assets: Path, say) -> Path:
-    """--checkpoint, or the bundled default (inside `assets`, the open ASSETS folder), said to be random."""
+    """--checkpoint, or the bundled default (inside `assets`, the open ASSETS folder), said so."""
     if checkpoint:
         return Path(checkpoint)
-    say("lrmesh: no --checkpoint given: using the bundled tiny model, whose weights are RANDOM "
-        "(a parity-test model). Its mesh shows the pipeline works, not what the object looks like.")
+    say("lrmesh: no --checkpoint given: using the bundled small model (2.3 M parameters, trained on synthetic "
+        "objects only: coarse shapes; an official InstantMesh checkpoint gives far better meshes)")
     return assets / DEFAULT_CHECKPOINT
 
 
@@ -285,7 +285,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "summary.json and prints the means.")
     p.add_argument("folder", help="folder of objects (<name>/grid.png, cameras.json, gt.glb)")
     p.add_argument("-c", "--checkpoint", help="official InstantMesh .ckpt or lrmesh .safetensors "
-                                              "(default: bundled tiny model with RANDOM weights)")
+                                              "(default: the bundled small lrmesh model)")
     p.add_argument("--config", help="reference-format YAML for the checkpoint (default: inferred from it)")
     p.add_argument("-o", "--output", help="folder for metrics.csv and summary.json "
                                           "(default: outputs/evaluate/<folder name>)")

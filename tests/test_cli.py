@@ -114,7 +114,7 @@ def test_error_unknown_extension(fixture_dir, ckpt, tmp_path):
 def test_default_run_uses_the_bundled_example(tmp_path):
     result = run_cli("reconstruct", "-o", str(tmp_path / "example.glb"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "RANDOM" in result.stderr
+    assert "bundled small model" in result.stderr
     assert (tmp_path / "example.glb").stat().st_size > 1000
 
 
