@@ -105,7 +105,7 @@ def _checkpoint_path(checkpoint: str | None, assets: Path, say) -> Path:
     if checkpoint:
         return Path(checkpoint)
     say("lrmesh: no --checkpoint given: using the bundled small model (2.3 M parameters, trained on synthetic "
-        "objects only: coarse shapes; an official InstantMesh checkpoint gives far better meshes)")
+        "objects only: coarse shapes, all in one grey; an official InstantMesh checkpoint gives far better meshes)")
     return assets / DEFAULT_CHECKPOINT
 
 
