@@ -97,12 +97,28 @@ def zero123pp_cameras(radius: float = ZERO123PP_RADIUS, views: Sequence[int] | N
     return cameras if views is None else cameras[list(views)]
 
 
-def pixel_rays(render_cameras_25: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
-    """Ray origins and unit directions through pixel centres of a square image.
+def _camera_points(k: Tensor, resolution: int) -> Tensor:
+    """Pixel centres of a square image lifted to the OpenGL camera plane z = -1: (N, S*S, 3), ray index r * S + c.
 
-    Pixel (row r, column c) is the ray through normalised image point ((c + 0.5) / S, (r + 0.5) / S), row 0
-    at the top; ray index r * S + c. In the OpenGL camera frame that point lifts to
-    ((u - cx) / fx, -(v - cy) / fy, -1) (the image's v axis points down, the camera's y up).
+    Pixel (row r, column c) is normalised image point ((c + 0.5) / S, (r + 0.5) / S), row 0 at the top; it
+    lifts to ((u - cx) / fx, -(v - cy) / fy, -1) (the image's v axis points down, the camera's y up).
+    k: (N, 3, 3) normalised intrinsics.
+    """
+    dtype, device = k.dtype, k.device
+    idx = torch.arange(resolution, dtype=dtype, device=device)
+    v, u = torch.meshgrid(idx, idx, indexing="ij")  # (S, S): row, column
+    u = (u.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)  # (1, S*S)
+    v = (v.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)
+    fx, fy = k[:, 0, 0, None], k[:, 1, 1, None]
+    cx, cy, skew = k[:, 0, 2, None], k[:, 1, 2, None], k[:, 0, 1, None]
+    x = (u - cx + cy * skew / fy - skew * v / fy) / fx  # (N, S*S)
+    y = (v - cy) / fy
+    # OpenCV-style lift (x right, y down, z forward), then flip y and z into the OpenGL camera frame.
+    return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
+
+
+def pixel_rays(render_cameras_25: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+    """Ray origins and unit directions through pixel centres of a square image (pixels as in `_camera_points`).
 
     Args:
         render_cameras_25: (N, 25) poses and normalised intrinsics.
@@ -113,18 +129,19 @@ def pixel_rays(render_cameras_25: Tensor, resolution: int) -> tuple[Tensor, Tens
     n = render_cameras_25.shape[0]
     c2w = render_cameras_25[:, :16].reshape(n, 4, 4)
     k = render_cameras_25[:, 16:25].reshape(n, 3, 3)
-    dtype, device = c2w.dtype, c2w.device
-    idx = torch.arange(resolution, dtype=dtype, device=device)
-    v, u = torch.meshgrid(idx, idx, indexing="ij")  # (S, S): row, column
-    u = (u.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)  # (1, S*S)
-    v = (v.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)
-    fx, fy = k[:, 0, 0, None], k[:, 1, 1, None]
-    cx, cy, skew = k[:, 0, 2, None], k[:, 1, 2, None], k[:, 0, 1, None]
-    x = (u - cx + cy * skew / fy - skew * v / fy) / fx  # (N, S*S)
-    y = (v - cy) / fy
-    # OpenCV-style lift (x right, y down, z forward), then flip y and z into the OpenGL camera frame.
-    cam = torch.stack([x, -y, -torch.ones_like(x)], dim=-1)  # (N, S*S, 3)
+    cam = _camera_points(k, resolution)  # (N, S*S, 3)
     origins = c2w[:, None, :3, 3].expand(n, resolution * resolution, 3)
     world_points = cam @ c2w[:, :3, :3].transpose(1, 2) + origins
     directions = F.normalize(world_points - origins, dim=-1)
     return origins.contiguous(), directions
+
+
+def unproject_depth(c2w: Tensor, k: Tensor, depth: Tensor) -> Tensor:
+    """World points of the pixel centres of depth maps: c2w (N, 4, 4) OpenGL poses, k (N, 3, 3) normalised
+    intrinsics, depth (N, S, S) camera z-depth (distance along the view axis, as the renders and the rasterizer
+    store it) -> (N, S, S, 3). The inverse of projecting with the same camera; where depth is 0 the point is the
+    camera centre."""
+    n, size = depth.shape[0], depth.shape[-1]
+    cam = _camera_points(k.to(depth.dtype), size) * depth.reshape(n, -1, 1)  # (N, S*S, 3), z = -depth
+    world = cam @ c2w[:, :3, :3].transpose(1, 2).to(depth.dtype) + c2w[:, None, :3, 3].to(depth.dtype)
+    return world.reshape(n, size, size, 3)

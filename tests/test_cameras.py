@@ -45,3 +45,30 @@ def test_pixel_rays_centre_and_corner():
 def test_turntable_starts_at_azimuth_zero():
     poses = turntable_poses(4, 3.0, 0.0)
     np.testing.assert_allclose(poses[:, :3, 3].numpy(), [[3, 0, 0], [0, 3, 0], [-3, 0, 0], [0, -3, 0]], atol=1e-5)
+
+
+def test_unproject_depth_lands_on_the_pixel_rays_and_on_a_rasterized_sphere():
+    from lrmesh.cameras import intrinsics_matrix, unproject_depth
+    from lrmesh.metrics import sphere_mesh
+    from lrmesh.render.raster import project_intrinsics, rasterize
+
+    poses = orbit_poses([20.0, 135.0, 250.0], [25.0, -10.0, 5.0], 2.5)
+    k = torch.stack([intrinsics_matrix(0.9), intrinsics_matrix(0.9), intrinsics_matrix(0.7)])
+    k[2, 0, 2] += 0.05  # an off-centre principal point
+    size = 24
+    # On its pixel's ray, at the given distance along the view axis.
+    depth = 1.5 + torch.rand(3, size, size)
+    points = unproject_depth(poses, k, depth).reshape(3, -1, 3)
+    origins, directions = pixel_rays(torch.cat([poses.reshape(3, 16), k.reshape(3, 9)], 1), size)
+    offset = points - origins
+    along = torch.linalg.cross(offset, directions).norm(dim=-1)
+    assert along.max() < 1e-5
+    forward = -poses[:, None, :3, 2]  # the camera looks down its -z
+    torch.testing.assert_close((offset * forward).sum(-1), depth.reshape(3, -1))
+    # The rasterizer's depth of a sphere lifts back onto the sphere (off-centre, so a mirrored lift misses it).
+    radius, centre = 0.6, torch.tensor([0.3, -0.2, 0.25])
+    sphere = sphere_mesh(centre, radius, subdivisions=4)
+    rast = rasterize(project_intrinsics(sphere.vertices, poses, k), sphere.faces, size, size)
+    lifted = unproject_depth(poses, k, rast.depth)[rast.mask]
+    assert rast.mask.sum() > 100
+    assert ((lifted - centre).norm(dim=-1) - radius).abs().max() < 0.01  # the facets' distance below the sphere

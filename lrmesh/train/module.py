@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from lrmesh import metrics
+from lrmesh.cameras import unproject_depth
 from lrmesh.checkpoints import load_hf_vit, load_model, save_model
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.flexicubes import flexicubes_extract, surface_cube_mask
@@ -216,7 +217,24 @@ class ReconstructionModule(L.LightningModule):
         if w.occupancy > 0:
             logits = self.inside_logits(rendered.planes if planes is None else planes, batch["occupancy_points"])
             terms["occupancy"] = w.occupancy * F.binary_cross_entropy_with_logits(logits, batch["occupancy_inside"])
+        if w.point_color > 0:
+            terms["point_color"] = w.point_color * self.point_color_loss(
+                rendered.planes if planes is None else planes, batch)
         return terms
+
+    def point_color_loss(self, planes: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Colour MSE ([-1, 1]) at the surface points of the supervision views' foreground pixels (alpha > 0.5,
+        lifted with their depth), mean over the objects that have any."""
+        synth, per_object = self.model.synthesizer, []
+        for b in range(planes.shape[0]):
+            depth = batch["target_depths"][b, :, 0]  # (T, S, S)
+            covered = (batch["target_alphas"][b, :, 0] > 0.5) & (depth > 0)
+            if not covered.any():
+                continue
+            points = unproject_depth(batch["target_c2w"][b], batch["target_intrinsics"][b], depth)[covered]
+            colours = rearrange(batch["target_images"][b], "t c h w -> t h w c")[covered]
+            per_object.append(losses.image_mse(synth.rgb(planes[b:b + 1], points), colours))
+        return torch.stack(per_object).mean() if per_object else planes.sum() * 0
 
     def _render_losses(self, rendered: Rendered, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         w = self.cfg.loss
@@ -247,7 +265,7 @@ class ReconstructionModule(L.LightningModule):
         if self.cfg.loss.needs_renders:
             rendered = self(batch, self.step_generator())
             planes = rendered.planes
-        else:  # occupancy alone: no rendering at all
+        else:  # point losses alone (occupancy, point colour): no rendering at all
             rendered, planes = None, self.model.forward_planes(batch["input_images"], batch["input_cameras"])
         terms = self.compute_losses(rendered, batch, planes)
         loss = sum(terms.values())

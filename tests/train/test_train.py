@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,3 +241,38 @@ def test_an_object_without_occupancy_is_skipped_by_name(tiny_data, tmp_path):
     with pytest.warns(UserWarning, match=r"skipping training object 'obj1'.*occupancy\.npz"):
         sample = dataset[1]  # obj1's turn: obj2 takes its place
     assert sample["occupancy_points"].shape == (20, 3)
+
+
+def test_point_color_loss_lifts_the_views_onto_the_object_and_scores_its_colours(tiny_data, tmp_path):
+    from lrmesh.cameras import unproject_depth
+    from lrmesh.metrics import nearest_distances, sample_surface
+    from lrmesh.train.module import ReconstructionModule
+
+    off = [f"loss.{name}=0" for name in ("mse", "mask", "depth", "normal", "sdf_entropy", "surface", "weights")]
+    cfg = _cfg("tiny-stage2", tiny_data, tmp_path, "init=", *off, "loss.point_color=3")
+    assert not cfg.loss.needs_renders
+    sample = MultiviewDataset(cfg.data, list_objects(tiny_data), seed=0, train=False)[0]
+    # The stored depth lifts the foreground pixels onto the object that was rendered (obj0 = random_object(0)).
+    depth = sample["target_depths"][:, 0]
+    covered = (sample["target_alphas"][:, 0] > 0.5) & (depth > 0)
+    points = unproject_depth(sample["target_c2w"], sample["target_intrinsics"], depth)[covered]
+    surface = sample_surface(random_object(0), 100000, seed=0)
+    distances = nearest_distances(points, surface)
+    assert covered.sum() > 50 and float(np.median(distances)) < 0.025 and float(distances.mean()) < 0.03
+    # The term: weight x colour MSE in [-1, 1] at those points, through the colour head.
+    torch.manual_seed(0)
+    module = ReconstructionModule(cfg).train()
+    batch = {k: v[None] for k, v in sample.items()}
+    planes = module.model.forward_planes(batch["input_images"], batch["input_cameras"])
+    terms = module.compute_losses(None, batch, planes)
+    assert set(terms) == {"point_color"}
+    colours = sample["target_images"].permute(0, 2, 3, 1)[covered]
+    predicted = module.model.synthesizer.rgb(planes, points)
+    expected = 3 * torch.nn.functional.mse_loss(predicted * 2 - 1, colours * 2 - 1)
+    torch.testing.assert_close(terms["point_color"], expected)
+    # A step renders nothing (a renderer that is called fails the test), and the colour head gets gradients.
+    module.render = None
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert module.model.synthesizer.decoder.net_rgb[0].weight.grad.abs().sum() > 0
