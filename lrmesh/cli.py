@@ -105,7 +105,7 @@ def _checkpoint_path(checkpoint: str | None, assets: Path, say) -> Path:
     if checkpoint:
         return Path(checkpoint)
     say("lrmesh: no --checkpoint given: using the bundled small model (2.3 M parameters, trained on synthetic "
-        "objects only: coarse shapes, all in one grey; an official InstantMesh checkpoint gives far better meshes)")
+        "objects only: coarse shapes; an official InstantMesh checkpoint gives far better meshes)")
     return assets / DEFAULT_CHECKPOINT
 
 
@@ -216,8 +216,8 @@ def _synth_jobs(args: argparse.Namespace) -> list[tuple[str, int, Path | None]]:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the reconstruction model (stage 1 NeRF, stage 2 mesh)",
                        description="Train a stage from a YAML config (a file, or a name under lrmesh/configs: "
-                                   "instant-nerf-large, instant-mesh-large, small-geometry, small-stage2, tiny-stage1, "
-                                   "tiny-stage2), with key=value overrides checked against the config, e.g. "
+                                   "instant-nerf-large, instant-mesh-large, small-geometry, small-color, small-stage2, "
+                                   "tiny-stage1, tiny-stage2), with key=value overrides checked against the config, e.g. "
                                    "data.root=data/objaverse optim.lr=1e-4 devices=8.")
     p.add_argument("config", help="YAML file or config name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")

@@ -142,10 +142,10 @@ PRESETS: dict[str, ModelConfig] = {
     "instant-nerf-base": _preset("nerf", 12, 40, 96),
     "tiny": _tiny("mesh"),
     "tiny-nerf": _tiny("nerf"),
-    # The model lrmesh trains and ships (~2M parameters): views resized to 128 px (64 tokens each), a 32^2
+    # The model lrmesh trains and ships (2.3 M parameters): views resized to 128 px (64 tokens each), a 32^2
     # triplane whose tokens start from the image tokens they project onto (model/lifting.py), a 32^3
-    # FlexiCubes grid. Trained on this project's synthetic objects by configs/small-geometry.yaml
-    # then configs/small-stage2.yaml; see the README.
+    # FlexiCubes grid. Trained on this project's synthetic objects by configs/small-geometry.yaml, then
+    # small-color.yaml, then small-stage2.yaml; see the README.
     "small": _small("mesh"),
     "small-nerf": _small("nerf"),
 }
