@@ -15,7 +15,7 @@ from lrmesh.errors import LrmeshError
 
 ASSETS = resources.files("lrmesh") / "assets"
 EXAMPLE_VIEWS = "example_views.png"
-# The default checkpoint: the small model trained on the synthetic data engine (README: "The shipped model").
+# The default checkpoint: the small model trained on the synthetic data engine (README, under "Training").
 DEFAULT_CHECKPOINT = "lrmesh-small.safetensors"
 VIDEO_RADIUS = 4.5  # the reference CLI's turntable distance
 VIDEO_ELEVATION = 20.0
@@ -216,9 +216,9 @@ def _synth_jobs(args: argparse.Namespace) -> list[tuple[str, int, Path | None]]:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the reconstruction model (stage 1 NeRF, stage 2 mesh)",
                        description="Train a stage from a YAML config (a file, or a name under lrmesh/configs: "
-                                   "instant-nerf-large, instant-mesh-large, small-geometry, small-color, small-stage2, "
-                                   "tiny-stage1, tiny-stage2), with key=value overrides checked against the config, e.g. "
-                                   "data.root=data/objaverse optim.lr=1e-4 devices=8.")
+                                   "instant-nerf-large, instant-mesh-large, small-geometry, small-color, "
+                                   "small-stage2, tiny-stage1, tiny-stage2), with key=value overrides checked "
+                                   "against the config, e.g. data.root=data/objaverse optim.lr=1e-4 devices=8.")
     p.add_argument("config", help="YAML file or config name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")
     p.add_argument("--resume", action="store_true",

@@ -171,6 +171,10 @@ def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainCon
         raise ConfigError(f"train.stage must be 1 or 2, got {cfg.stage!r}")
     if cfg.data.num_input_views < 1:
         raise ConfigError("data.num_input_views must be at least 1")
+    negative = [f"loss.{f.name}={getattr(cfg.loss, f.name)}" for f in dataclasses.fields(cfg.loss)
+                if getattr(cfg.loss, f.name) < 0]
+    if negative:
+        raise ConfigError(f"loss weights must be 0 (off) or more, got {', '.join(negative)}")
     if cfg.loss.occupancy > 0 and cfg.data.occupancy_points < 1:
         raise ConfigError("loss.occupancy needs points: set data.occupancy_points (e.g. 4096)")
     if not cfg.loss.needs_renders and all(getattr(cfg.loss, name) <= 0 for name in POINT_LOSSES):

@@ -214,12 +214,12 @@ class ReconstructionModule(L.LightningModule):
         when no loss needs renders."""
         w = self.cfg.loss
         terms = self._render_losses(rendered, batch) if rendered is not None else {}
+        planes = rendered.planes if planes is None else planes
         if w.occupancy > 0:
-            logits = self.inside_logits(rendered.planes if planes is None else planes, batch["occupancy_points"])
+            logits = self.inside_logits(planes, batch["occupancy_points"])
             terms["occupancy"] = w.occupancy * F.binary_cross_entropy_with_logits(logits, batch["occupancy_inside"])
         if w.point_color > 0:
-            terms["point_color"] = w.point_color * self.point_color_loss(
-                rendered.planes if planes is None else planes, batch)
+            terms["point_color"] = w.point_color * self.point_color_loss(planes, batch)
         return terms
 
     def point_color_loss(self, planes: Tensor, batch: dict[str, Tensor]) -> Tensor:

@@ -276,3 +276,8 @@ def test_point_color_loss_lifts_the_views_onto_the_object_and_scores_its_colours
     loss = module.training_step(batch, 0)
     loss.backward()
     assert module.model.synthesizer.decoder.net_rgb[0].weight.grad.abs().sum() > 0
+
+
+def test_a_negative_loss_weight_is_a_config_error(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"loss weights must be 0 \(off\) or more, got loss.point_color=-1"):
+        _cfg("tiny-stage2", tiny_data, tmp_path, "loss.point_color=-1")
