@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 from lrmesh.config import PRESETS, ModelConfig, load_reference_yaml, preset
 from lrmesh.errors import LrmeshError
 from lrmesh.model.lrm import LRM
+from lrmesh.normalisation import DINO_PROCESSOR
 
 GENERATOR_PREFIX = "lrm_generator."
 # Keys of the released files that are not the generator's: the LPIPS loss network kept by Lightning and, in
@@ -268,8 +270,14 @@ def load_hf_vit(model: LRM, path: str | Path) -> None:
     """Initialise the encoder's ViT from Hugging Face ViTModel weights (for training from DINO).
 
     Every ViT weight must be present and fit; the camera embedder and adaLN heads keep their initialisation
-    (adaLN at zero, so the encoder starts as the plain ViT).
+    (adaLN at zero, so the encoder starts as the plain ViT). The DINO weights come with the processor config
+    mean = std = 0.5 (lrmesh/normalisation.py); an encoder configured otherwise is warned about, since it would
+    start from features computed on inputs the ViT never saw.
     """
+    enc = model.cfg.encoder
+    if (tuple(enc.image_mean), tuple(enc.image_std)) != (DINO_PROCESSOR.mean, DINO_PROCESSOR.std):
+        warnings.warn(f"the encoder normalises with mean {list(enc.image_mean)} / std {list(enc.image_std)}, "
+                      f"but DINO ViT weights expect mean = std = 0.5 ({DINO_PROCESSOR.source})", stacklevel=2)
     state, _ = read_tensors(path)
     vit_state = hf_vit_to_lrmesh(state)
     expected = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.vit.") and ".adaln." not in k}

@@ -15,9 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from lrmesh.errors import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lrmesh.normalisation import DINO_PROCESSOR, FAMILY_NORMALISATION
 
 
 @dataclass
@@ -34,8 +32,10 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-12  # HF ViT default, kept by the checkpoints
     qkv_bias: bool = True  # biases on the query/key/value projections
     camera_dim: int = 16  # 12 pose numbers + 4 intrinsics (see cameras.py)
-    image_mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel input normalisation
-    image_std: tuple[float, float, float] = IMAGENET_STD
+    # per-channel input normalisation, (x - mean) / std; the released models' processor by default
+    # (lrmesh/normalisation.py says which family uses what, and why)
+    image_mean: tuple[float, float, float] = DINO_PROCESSOR.mean
+    image_std: tuple[float, float, float] = DINO_PROCESSOR.std
 
 
 @dataclass
@@ -125,8 +125,10 @@ def _tiny(kind: str) -> ModelConfig:
 
 
 def _small(kind: str) -> ModelConfig:
+    stats = FAMILY_NORMALISATION["lrmesh-small"]  # what the bundled model was trained with
     return ModelConfig(
-        encoder=EncoderConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256, input_size=128),
+        encoder=EncoderConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256, input_size=128,
+                              image_mean=stats.mean, image_std=stats.std),
         transformer=TransformerConfig(dim=128, num_layers=4, num_heads=4, low_res=16, triplane_dim=16,
                                       projected_samples=8),
         synthesizer=SynthesizerConfig(kind=kind, hidden_dim=64, samples_per_ray=48, grid_res=32,
@@ -204,8 +206,8 @@ def _from_reference_section(section: dict, encoder_block: dict | None, path: Pat
             num_heads=encoder_block["num_attention_heads"], intermediate_size=encoder_block["intermediate_size"],
             patch_size=encoder_block.get("patch_size", 16), image_size=encoder_block.get("image_size", 224),
             layer_norm_eps=encoder_block.get("layer_norm_eps", 1e-12), qkv_bias=encoder_block.get("qkv_bias", True),
-            image_mean=tuple(encoder_block.get("image_mean", IMAGENET_MEAN)),
-            image_std=tuple(encoder_block.get("image_std", IMAGENET_STD)))
+            image_mean=tuple(encoder_block.get("image_mean", DINO_PROCESSOR.mean)),
+            image_std=tuple(encoder_block.get("image_std", DINO_PROCESSOR.std)))
     elif params.get("encoder_model_name", _DINO_VITB16) != _DINO_VITB16:
         raise ConfigError(f"config {path}: encoder {params['encoder_model_name']!r} is not facebook/dino-vitb16 "
                          "and no `encoder:` block gives its dimensions")

@@ -52,8 +52,8 @@ def test_large_cross_attention_layout_has_separate_projections():
         assert expected[key].shape == value.shape, key
 
 
-def test_separate_and_packed_layouts_give_the_same_model(official, mesh_model, fixture_views, fixture_cameras,
-                                                         tmp_path):
+def test_separate_and_packed_layouts_give_the_same_model(official, mesh_model, fixture_dir, fixture_views,
+                                                         fixture_cameras, tmp_path):
     separate = {}
     for key, value in official.items():
         if key.endswith("cross_attn.in_proj_weight"):
@@ -64,7 +64,7 @@ def test_separate_and_packed_layouts_give_the_same_model(official, mesh_model, f
             separate[key] = value
     path = tmp_path / "separate.ckpt"
     torch.save({"state_dict": separate}, path)
-    model = load_model(path)
+    model = load_model(path, fixture_dir / "config.yaml")  # the fixture's input statistics, as mesh_model's
     assert torch.equal(_planes(model, fixture_views, fixture_cameras),
                        _planes(mesh_model, fixture_views, fixture_cameras))
 

@@ -96,7 +96,8 @@ class ModulatedViT(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Views + cameras -> image tokens: camera embedder, ImageNet normalisation, modulated ViT.
+    """Views + cameras -> image tokens: camera embedder, input normalisation (cfg.image_mean / image_std, see
+    lrmesh/normalisation.py), modulated ViT.
 
     images (B, V, 3, H, W) in [0, 1], cameras (B, V, 16) -> tokens (B, V * (1 + HW/p^2), D).
     """

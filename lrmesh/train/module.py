@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from lrmesh import metrics
 from lrmesh.cameras import unproject_depth
 from lrmesh.checkpoints import load_hf_vit, load_model, save_model
+from lrmesh.config import EncoderConfig
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.flexicubes import flexicubes_extract, surface_cube_mask
 from lrmesh.model.lrm import LRM
@@ -57,6 +58,7 @@ def build_model(cfg: TrainConfig) -> LRM:
     model = LRM(model_cfg)
     if cfg.init:
         source = load_model(cfg.init)
+        _check_normalisation(source.cfg.encoder, model_cfg.encoder, cfg.init)
         state = source.state_dict()
         if source.kind == "nerf" and model.kind == "mesh":
             state = nerf_to_mesh_state(state, source.cfg.synthesizer.num_layers)
@@ -69,6 +71,16 @@ def build_model(cfg: TrainConfig) -> LRM:
     elif cfg.encoder_weights:
         load_hf_vit(model, cfg.encoder_weights)
     return model
+
+
+def _check_normalisation(source: EncoderConfig, target: EncoderConfig, init: str) -> None:
+    """Fine-tuning must feed the encoder the pixels its weights learnt on: a change of input statistics
+    between `init` and the preset is an error, not a silent shift of every input."""
+    if (tuple(source.image_mean), tuple(source.image_std)) != (tuple(target.image_mean), tuple(target.image_std)):
+        raise LrmeshError(f"{init} was trained with input mean {list(source.image_mean)} / std "
+                          f"{list(source.image_std)}, the config asks for {list(target.image_mean)} / "
+                          f"{list(target.image_std)}; set model.encoder.image_mean and model.encoder.image_std "
+                          "to the checkpoint's values (lrmesh/normalisation.py)")
 
 
 def nerf_to_mesh_state(state: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
