@@ -15,6 +15,7 @@ import json
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -79,20 +80,46 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise CheckpointError(f"{path}: refused, the file needs code beyond plain tensors to load "
-                              f"(weights_only=True): {first}") from err
-    except Exception as err:  # torch.load fails in many ways on foreign bytes (KeyError, EOFError, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
+    obj = safe_torch_load(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors (or a Lightning file with 'state_dict')")
     return obj, {}
+
+
+def safe_torch_load(path: Path) -> object:
+    """torch.load(weights_only=True) of a file on the CPU, its failures as one-line CheckpointErrors.
+
+    Files in the zip format are memory-mapped (mmap=True): tensors are paged in from the file as they are
+    used, so loading needs no second copy of the weights in memory.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        raise CheckpointError(f"{path}: refused, the file needs code beyond plain tensors to load "
+                              f"(weights_only=True): {first}") from err
+    except Exception as err:  # torch.load fails in many ways on foreign bytes (KeyError, EOFError, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
+                              f"{first}") from err
+
+
+def check_resume_checkpoint(path: Path, state_keys: set[str]) -> None:
+    """Check, before Lightning runs, that `path` is a Lightning checkpoint of a module with these state keys.
+
+    It is opened with weights_only=True (CheckpointError for a truncated file, one that needs code to unpickle,
+    or another format) and must hold a `state_dict` with exactly `state_keys` and a `global_step`.
+    """
+    obj = safe_torch_load(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict) or "global_step" not in obj:
+        raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict and global_step)")
+    missing, unexpected = state_keys - set(obj["state_dict"]), set(obj["state_dict"]) - state_keys
+    if missing or unexpected:
+        problems = [f"{what} {_listing(sorted(keys))}" for what, keys in (("missing", missing),
+                                                                          ("unexpected", unexpected)) if keys]
+        raise CheckpointError(f"{path}: a checkpoint of another model or configuration ({'; '.join(problems)})")
 
 
 def official_to_lrmesh(state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:

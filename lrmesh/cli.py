@@ -12,6 +12,15 @@ import torch
 
 from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
+from lrmesh.options import (
+    SEED_MAX,
+    Parser,
+    positive_float,
+    positive_int,
+    seed_int,
+    writable_file,
+    writable_folder,
+)
 
 ASSETS = resources.files("lrmesh") / "assets"
 EXAMPLE_VIEWS = "example_views.png"
@@ -42,17 +51,19 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="reference-format YAML for the checkpoint (default: inferred from it)")
     p.add_argument("-o", "--output", help="mesh file: .obj, .glb or .ply (default: outputs/<input name>.obj)")
     p.add_argument("--texture", action="store_true", help="bake a UV texture map instead of vertex colours")
-    p.add_argument("--texture-resolution", type=int, default=1024, help="texture map side in pixels")
+    p.add_argument("--texture-resolution", type=positive_int, default=1024, help="texture map side in pixels")
     p.add_argument("--video", nargs="?", const="", default=None, metavar="MP4",
                    help="also render a turntable video (default path: beside the mesh)")
-    p.add_argument("--video-frames", type=int, default=120)
-    p.add_argument("--video-resolution", type=int, default=512)
+    p.add_argument("--video-frames", type=positive_int, default=120)
+    p.add_argument("--video-resolution", type=positive_int, default=512)
     p.add_argument("--views", dest="num_views", type=int, choices=(4, 6), default=6,
                    help="use all six views or the reference's four-view subset (0, 2, 4, 5)")
-    p.add_argument("--scale", type=float, default=1.0, help="camera radius factor (radius 4.0 x scale), as run.py")
+    p.add_argument("--scale", type=positive_float, default=1.0,
+                   help="camera radius factor (radius 4.0 x scale), as run.py")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument("--seed", type=seed_int, default=42)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -77,20 +88,23 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         view_sources = args.views or [assets / EXAMPLE_VIEWS]
         checkpoint = _checkpoint_path(args.checkpoint, assets, say)
         views = load_views(view_sources if len(view_sources) > 1 else view_sources[0], args.num_views)
+        output = writable_file(output or Path("outputs") / f"{Path(view_sources[0]).stem}.obj", "mesh file")
+        if args.video:
+            writable_file(args.video, "video")
+        all_blank = _warn_blank_views(views)
         say(f"lrmesh: loading {checkpoint}")
         model = load_model(checkpoint, args.config).to(device)
     subset = FOUR_VIEW_SUBSET if args.num_views == 4 else None
     cameras = zero123pp_cameras(radius=ZERO123PP_RADIUS * args.scale, views=subset)
 
-    output = output or Path("outputs") / f"{Path(view_sources[0]).stem}.obj"
-    output.parent.mkdir(parents=True, exist_ok=True)
     say(f"lrmesh: reconstructing on {device} ({model.kind} model, {views.shape[0]} views)")
     stages = Stages(device, show=not args.quiet)
     result = reconstruct(model, views.to(device), cameras.to(device), texture=args.texture,
                          texture_resolution=args.texture_resolution, stages=stages)
     mesh = result.mesh.to("cpu")
     if mesh.num_faces == 0:
-        raise LrmeshError("the model found no surface in these views (empty mesh); nothing written")
+        why = " (no view shows an object)" if all_blank else ""
+        raise LrmeshError(f"the model found no surface in these views{why} (empty mesh); nothing written")
     written = save_mesh(mesh, output)
     say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
     if args.video is not None:
@@ -98,6 +112,19 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _warn_blank_views(views: torch.Tensor) -> bool:
+    """Warn about views (V, 3, H, W) that show no object; True when none shows one."""
+    from lrmesh.io.views import blank_views
+
+    blank = blank_views(views)
+    if blank:
+        listed = f"view{'s' * (len(blank) > 1)} {', '.join(str(i + 1) for i in blank)} of {len(views)} " \
+                 f"show{'s' * (len(blank) == 1)} no object"
+        which = f"none of the {len(views)} views shows an object" if len(blank) == len(views) else listed
+        print(f"lrmesh: warning: {which} (all one plain background colour)", file=sys.stderr)
+    return len(blank) == len(views)
 
 
 def _checkpoint_path(checkpoint: str | None, assets: Path, say) -> Path:
@@ -130,17 +157,17 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                    "for `lrmesh reconstruct`, or in the NeRF-synthetic (blender) layout.")
     p.add_argument("-o", "--output", required=True, help="output folder (created; objects are added to it)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--count", type=int, help="this many procedural objects, seeds S, S+1, ...")
+    source.add_argument("--count", type=positive_int, help="this many procedural objects, seeds S, S+1, ...")
     source.add_argument("--mesh", nargs="+", metavar="FILE", help="mesh files to render")
     p.add_argument("--layout", choices=LAYOUTS, default="training",
                    help="training: InstantMesh's training data (rendering_random_32views/, valid_paths.json); "
                         "zero123pp: a 640x960 view grid per object; blender: NeRF-synthetic transforms_*.json; "
                         "dtu: NeuS's DTU layout (cameras_sphere.npz, image/, mask/); colmap: images/ + sparse/0 "
                         "in a random similarity frame")
-    p.add_argument("--views", type=int, default=None,
+    p.add_argument("--views", type=positive_int, default=None,
                    help="views per object (default: 32 training, 100 blender train views, 64 dtu, 100 colmap; "
                         "zero123pp is always 6)")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--resolution", type=positive_int, default=None,
                    help=f"view size in pixels (default: {', '.join(f'{k} {v}' for k, v in SYNTH_RESOLUTION.items())})")
     p.add_argument("--zero123pp-inputs", action="store_true",
                    help="training layout: make the first six views the Zero123++ views (radius 4, fov 30), the "
@@ -148,7 +175,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-occupancy", dest="occupancy", action="store_false",
                    help="training layout: skip occupancy.npz (16k labelled points per object for the occupancy "
                         "loss; about 2 s an object on a CPU)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed_int, default=0,
                    help="object i gets seed S + i for its shape (procedural) and its random cameras")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -163,18 +190,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     views = args.views if args.views is not None else default_views(args.layout)
     resolution = args.resolution if args.resolution is not None else SYNTH_RESOLUTION[args.layout]
-    if args.count is not None and args.count < 1:
-        raise LrmeshError(f"--count must be at least 1, got {args.count}")
-    if args.seed < 0:
-        raise LrmeshError(f"--seed must be 0 or more (numpy seeds are unsigned), got {args.seed}")
-    if views < 1 or resolution < 1:
-        raise LrmeshError(f"--views and --resolution must be at least 1, got {views} and {resolution}")
+    last_seed = args.seed + (args.count if args.count is not None else len(args.mesh)) - 1
+    if last_seed > SEED_MAX:
+        raise LrmeshError(f"--seed {args.seed}: the objects' seeds would pass {SEED_MAX} (numpy seeds are 32-bit)")
     if args.zero123pp_inputs and (args.layout != "training" or views <= 6):
         raise LrmeshError("--zero123pp-inputs needs --layout training and more than 6 --views")
     if args.layout == "zero123pp" and args.views not in (None, default_views("zero123pp")):
         print(f"lrmesh: note: the zero123pp layout always has its 6 views; --views {args.views} is ignored",
               file=sys.stderr)
     device = _resolve_device(args.device)
+    writable_folder(args.output)
     jobs = _synth_jobs(args)
     failed = []
     for name, seed, path in tqdm(jobs, desc="synth", unit="object", disable=args.quiet, file=sys.stderr):
@@ -232,6 +257,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lrmesh.train.run import train
 
     cfg = load_train_config(args.config, args.overrides)
+    writable_folder(cfg.output)
     train(cfg, resume=args.resume, progress=not args.quiet)
     return 0
 
@@ -247,8 +273,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="scene folder (transforms_*.json, cameras_sphere.npz, or sparse/0)")
     p.add_argument("--method", choices=("neus", "nerf"), default="neus", help="default: neus")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--steps", type=int, help="optimisation steps (default: the preset's, 20000)")
-    p.add_argument("--minutes", type=float, help="stop fitting after this many minutes; the outputs are written")
+    p.add_argument("--steps", type=positive_int, help="optimisation steps (default: the preset's, 20000)")
+    p.add_argument("--minutes", type=positive_float,
+                   help="stop fitting after this many minutes; the outputs are written")
     p.add_argument("--config", help="YAML of config keys applied over the preset")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.ckpt")
@@ -266,6 +293,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         overrides.append(f"max_minutes={args.minutes}")
     cfg = load_fit_config(args.method, args.config, overrides)
+    writable_folder(args.output)
     try:
         metrics = fit(args.data, cfg, args.output, resume=args.resume, progress=not args.quiet)
     except FitInterrupted as stop:
@@ -289,9 +317,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="reference-format YAML for the checkpoint (default: inferred from it)")
     p.add_argument("-o", "--output", help="folder for metrics.csv and summary.json "
                                           "(default: outputs/evaluate/<folder name>)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N objects (by name)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N objects (by name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the surface and volume samples")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the surface and volume samples")
     p.add_argument("--gt-surface", choices=("outer", "all"), default="outer",
                    help="ground-truth surface for Chamfer / F-score: the outer surface of its parts' union "
                         "(default), or every triangle, hidden inner surfaces included")
@@ -305,7 +333,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from lrmesh.checkpoints import load_model
-    from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, evaluate_folder, find_objects, format_table
+    from lrmesh.evaluate import (
+        CSV_NAME,
+        SUMMARY_NAME,
+        evaluate_folder,
+        find_objects,
+        format_table,
+    )
     from lrmesh.metrics import GeometryProtocol
 
     if args.limit is not None and args.limit < 1:
@@ -314,11 +348,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     device = _resolve_device(args.device)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    output = Path(args.output) if args.output else Path("outputs") / "evaluate" / Path(args.folder).resolve().name
+    writable_folder(output)
     with resources.as_file(ASSETS) as assets:
         checkpoint = _checkpoint_path(args.checkpoint, assets, say)
         say(f"lrmesh: loading {checkpoint}")
         model = load_model(checkpoint, args.config).to(device)
-    output = Path(args.output) if args.output else Path("outputs") / "evaluate" / Path(args.folder).resolve().name
     with warnings.catch_warnings():  # skipped objects and LPIPS as one line each, above the progress bar
         warnings.showwarning = lambda message, *_, **__: tqdm.write(f"lrmesh: warning: {message}", file=sys.stderr)
         summary = evaluate_folder(model, args.folder, output, limit=args.limit, device=device, seed=args.seed,
@@ -329,7 +364,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrmesh", description="A few images of an object in, a 3D mesh out.")
+    parser = Parser(prog="lrmesh", description="A few images of an object in, a 3D mesh out.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_reconstruct(sub)
@@ -348,13 +383,13 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also follow options (`lrmesh fit DATA -o OUT steps=10`)
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may also follow options (`lrmesh fit DATA -o OUT steps=10`)
+        if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except LrmeshError as err:
         print(f"lrmesh: error: {err}", file=sys.stderr)

@@ -55,3 +55,35 @@ def mesh_model():
 @pytest.fixture(scope="session")
 def nerf_model():
     return _model("nerf")
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls Path.touch(marker): a checkpoint that needs code to load (never to be run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture()
+def bad_resume_checkpoints(tmp_path) -> tuple[dict[str, bytes], Path]:
+    """The bytes of last.ckpt files a resume must refuse, by kind (truncated, foreign two ways, needs code), and
+    the file that unpickling the last one would create."""
+    import io
+
+    marker = tmp_path / "code-was-run"
+
+    def saved(obj) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    good_layout = saved({"state_dict": {"w": torch.zeros(8)}, "global_step": 3})
+    return {
+        "truncated": good_layout[: len(good_layout) // 2],
+        "not lightning": saved({"w": torch.zeros(3)}),
+        "another model": good_layout,
+        "needs code": saved({"state_dict": {}, "global_step": 0, "hook": _RunsCodeWhenUnpickled(marker)}),
+    }, marker

@@ -31,6 +31,11 @@ VIEW_SIZE = 320
 GRID_ROWS, GRID_COLS = 3, 2
 NUM_VIEWS = 6
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# A pixel belongs to the object when a channel differs from the view's background colour by more than this
+# (a little above JPEG noise on a plain background); a view with less than OBJECT_FRACTION_MIN of such pixels
+# shows no object.
+BACKGROUND_TOLERANCE = 12 / 255
+OBJECT_FRACTION_MIN = 1e-3
 
 
 def read_image(path: Path) -> Tensor:
@@ -107,3 +112,16 @@ def load_views(sources: str | Path | Sequence[str | Path], num_views: int = NUM_
     if num_views == 4 and views.shape[0] == NUM_VIEWS:
         views = views[list(FOUR_VIEW_SUBSET)]
     return views
+
+
+def blank_views(views: Tensor) -> list[int]:
+    """Indices of the views (V, 3, H, W) in [0, 1] that show no object: one plain background colour.
+
+    The background colour of a view is the median of its border pixels (white for composited views); a pixel
+    is the object's when max_c |view_c - background_c| > BACKGROUND_TOLERANCE.
+    """
+    border = torch.cat([views[..., 0, :], views[..., -1, :], views[..., :, 0], views[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values  # (V, 3)
+    distance = (views - background[..., None, None]).abs().amax(dim=1)  # (V, H, W)
+    fraction = (distance > BACKGROUND_TOLERANCE).float().mean(dim=(1, 2))
+    return [i for i, f in enumerate(fraction.tolist()) if f < OBJECT_FRACTION_MIN]

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from lrmesh.checkpoints import check_resume_checkpoint
 from lrmesh.data.scenes import Scene, load_scene
 from lrmesh.errors import InputError, LrmeshError
 from lrmesh.geometry.mesh import Mesh
@@ -272,9 +273,11 @@ def fit(data: str | Path, cfg: FitConfig, output: str | Path, resume: bool = Fal
     scene = load_scene(data, s.kind, "train", s.downscale, s.use_masks)
     test = load_scene(data, s.kind, "test", s.downscale, use_masks=False)
     L.seed_everything(cfg.seed, verbose=False)
+    system = FitSystem(cfg, scene, test)
+    if resume:
+        check_resume_checkpoint(ckpt, set(system.state_dict()))
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    system = FitSystem(cfg, scene, test)
     every = min(cfg.checkpoint_every, cfg.steps)
     checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", filename="last", every_n_train_steps=every,
                                   save_top_k=1, save_on_train_epoch_end=False, enable_version_counter=False)

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader
 
+from lrmesh.checkpoints import check_resume_checkpoint
 from lrmesh.errors import InputError
 from lrmesh.train.config import TrainConfig
 from lrmesh.train.data import MultiviewDataset, StepSampler, list_objects, split_objects
@@ -70,10 +71,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Reco
         if not last_checkpoint(cfg).is_file():
             raise InputError(f"nothing to resume: {last_checkpoint(cfg)} does not exist")
         ckpt_path = str(last_checkpoint(cfg))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     data = TrainingData(cfg)
     module = ReconstructionModule(cfg)
+    if ckpt_path:
+        check_resume_checkpoint(Path(ckpt_path), set(module.state_dict()))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                                   every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=1,
                                   save_on_train_epoch_end=False)

@@ -281,3 +281,18 @@ def test_point_color_loss_lifts_the_views_onto_the_object_and_scores_its_colours
 def test_a_negative_loss_weight_is_a_config_error(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"loss weights must be 0 \(off\) or more, got loss.point_color=-1"):
         _cfg("tiny-stage2", tiny_data, tmp_path, "loss.point_color=-1")
+
+
+def test_a_bad_last_checkpoint_is_one_error_line_naming_it(tiny_data, tmp_path, bad_resume_checkpoints, capsys):
+    files, marker = bad_resume_checkpoints
+    ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    reasons = {"truncated": "truncated", "not lightning": "not a Lightning training checkpoint",
+               "another model": "another model", "needs code": "needs code"}
+    for kind, data in files.items():
+        ckpt.write_bytes(data)
+        assert main(["train", "tiny-stage1", f"data.root={tiny_data}", f"output={tmp_path / 'out'}", "loss.lpips=0",
+                     "--resume", "-q"]) == 2, kind
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"lrmesh: error: {ckpt}: ") and reasons[kind] in err[0], err
+    assert not marker.exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]
