@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LrmeshError as err:
-        print(f"lrmesh: error: {err}", file=sys.stderr)
+        if not err.reported_elsewhere:
+            print(f"lrmesh: error: {err}", file=sys.stderr)
         return 2
 
 

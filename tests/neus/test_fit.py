@@ -194,3 +194,14 @@ def test_background_model_fits_with_the_foreground(scene, tmp_path):
     assert metrics["steps"] == 12 and math.isfinite(metrics["test_psnr"])
     state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert any(key.startswith("model.background.") for key in state)
+
+
+def test_a_fit_on_several_devices_is_refused_in_one_line_before_anything_is_written(scene, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(scene), "-o", str(out), *TINY, "devices=2", "-q"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lrmesh")]
+    assert lines == ["lrmesh: error: lrmesh fit runs on one device; got devices=2 num_nodes=1 (2 processes): set "
+                     "devices=1 num_nodes=1 (several GPUs help `lrmesh train`, not a per-scene fit)"]
+    with pytest.raises(ConfigError, match=r"got devices=1 num_nodes=2 \(2 processes\)"):
+        fit(scene, tiny("neus", "num_nodes=2"), out, progress=False)
+    assert not out.exists()
