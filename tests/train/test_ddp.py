@@ -113,6 +113,24 @@ def _run_two_processes(runs: list[dict], folder: Path) -> list[dict]:
              for name, r in json.loads((folder / f"rank{rank}.json").read_text()).items()} for rank in range(WORLD)]
 
 
+def test_pixel_losses_are_means_over_objects_so_a_split_batch_averages():
+    from lrmesh.train.losses import masked_l1, normal_consistency
+
+    # Object 0: two covered pixels with errors 1 and 3 -> 2; object 1: nothing covered -> 0. Mean: 1.
+    render = torch.zeros(2, 1, 1, 2, 2)
+    target = torch.tensor([[[[[1.0, 3.0], [5.0, 7.0]]]], [[[[9.0, 9.0], [9.0, 9.0]]]]])
+    mask = torch.tensor([[[[[1.0, 1.0], [0.0, 0.0]]]], [[[[0.0, 0.0], [0.0, 0.0]]]]])
+    assert masked_l1(render, target, mask).item() == 1.0
+    halves = [masked_l1(render[i:i + 1], target[i:i + 1], mask[i:i + 1]) for i in range(2)]
+    assert [h.item() for h in halves] == [2.0, 0.0]
+    # Normals: object 0 sees cos 1 and 0 on its two pixels -> 0.5; object 1 none -> 0. Mean: 0.25.
+    up, side = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])
+    rendered = up.view(1, 1, 3, 1, 1).expand(2, 1, 3, 2, 2)
+    wanted = torch.stack([up, side, up, up]).T.reshape(3, 2, 2).expand(2, 1, 3, 2, 2)
+    assert normal_consistency(rendered, wanted, mask).item() == pytest.approx(0.25)
+    assert normal_consistency(rendered[:1], wanted[:1], mask[:1]).item() == pytest.approx(0.5)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     """Three objects (two to train on, one held out), and a copy whose first training object is unreadable."""
