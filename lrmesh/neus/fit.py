@@ -1,10 +1,10 @@
 """`lrmesh fit`: optimise a NeuS or NeRF model on the posed images of one scene, then export its mesh, a test-
 trajectory video and test PSNR.
 
-Training runs under Lightning on one device (a GPU or the CPU; more are refused, see `ONE_DEVICE`). Every step draws random pixels of random
-training images with a generator seeded by (seed, step, rank), so a resumed run draws what an uninterrupted one
-would; the occupancy grid, the dynamic ray count and the optimiser state live in the checkpoint. A Ctrl-C saves
-`OUT/checkpoints/last.ckpt` and `fit(..., resume=True)` continues from it.
+Training runs under Lightning on one device (a GPU or the CPU; more are refused, see `ONE_DEVICE`). Every step
+draws random pixels of random training images with a generator seeded by (seed, step, rank), so a resumed run
+draws what an uninterrupted one would; the occupancy grid, the dynamic ray count and the optimiser state live in
+the checkpoint. A Ctrl-C saves `OUT/checkpoints/last.ckpt` and `fit(..., resume=True)` continues from it.
 
 Outputs, in OUT: mesh.obj (or .glb / .ply; the coordinates are the dataset's own world frame: normalised scene
 coordinates taken back through `Scene.to_world`; a GLB holds them turned to glTF's y up), metrics.json (test

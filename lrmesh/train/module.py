@@ -127,7 +127,8 @@ class ReconstructionModule(L.LightningModule):
         cameras = torch.cat([c2w.flatten(2), k.flatten(2)], dim=-1)  # (B, T, 25)
         generators = generator if isinstance(generator, (list, tuple)) else [generator] * b
         u = torch.stack([torch.rand(2, t, size * size, synth.cfg.samples_per_ray // 2, generator=g,
-                                    device=planes.device) for g in generators], dim=1)  # (2: stratified, importance, B, ...)
+                                    device=planes.device) for g in generators], dim=1)  # (2, B, T, S*S, n/2)
+        # u[0]: stratified, u[1]: importance draws
 
         def view(p: Tensor, j: int) -> tuple[Tensor, Tensor, Tensor]:
             out = synth.render(p, cameras[:, j:j + 1], size, u_stratified=u[0, :, j:j + 1],
