@@ -24,10 +24,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
-from lrmesh.errors import InputError, LrmeshError
+from lrmesh.errors import InputError
 from lrmesh.train.config import TrainConfig
 from lrmesh.train.data import MultiviewDataset, StepSampler, list_objects, split_objects
-from lrmesh.train.module import ReconstructionModule
+from lrmesh.train.module import ReconstructionModule, TrainingDiverged
 
 LAST = "last.ckpt"
 
@@ -110,7 +110,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             # The sampler is endless and resumes by step itself; Lightning's mid-epoch warnings don't apply.
             warnings.filterwarnings("ignore", message=".*(mid-epoch|does not have many workers|infinite).*")
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except LrmeshError as err:  # raised by every process at once (see mean_over_devices); process 0 reports it
+    except TrainingDiverged as err:  # raised by every process at once (see mean_over_devices): process 0 reports it
         err.reported_elsewhere = not trainer.is_global_zero
         raise
     trainer.save_checkpoint(last_checkpoint(cfg))  # the final state, so --resume after the end is a no-op
