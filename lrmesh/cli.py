@@ -392,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except LrmeshError as err:
-        print(f"lrmesh: error: {err}", file=sys.stderr)
+        if not err.reported_elsewhere:
+            print(f"lrmesh: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,8 @@
 class LrmeshError(ValueError):
     """Base class: bad input, a checkpoint that does not fit, a config that does not parse."""
 
+    reported_elsewhere = False  # set on the other processes of a multi-device run: process 0 prints the error
+
 
 class InputError(LrmeshError):
     """Input views that cannot be used: wrong count, size, or an unreadable file."""

@@ -109,7 +109,7 @@ class FitConfig:
     video_resolution: int = 0  # frame height and width (0: the images' size)
     log_every: int = 50
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = 1  # a fit runs on one device: its rays are not split across processes (fit refuses more)
     num_nodes: int = 1
     precision: str = "32-true"
 

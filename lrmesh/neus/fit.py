@@ -1,10 +1,10 @@
 """`lrmesh fit`: optimise a NeuS or NeRF model on the posed images of one scene, then export its mesh, a test-
 trajectory video and test PSNR.
 
-Training runs under Lightning (one GPU, many with DDP, or the CPU). Every step draws random pixels of random
-training images with a generator seeded by (seed, step, rank), so a resumed run draws what an uninterrupted one
-would; the occupancy grid, the dynamic ray count and the optimiser state live in the checkpoint. A Ctrl-C saves
-`OUT/checkpoints/last.ckpt` and `fit(..., resume=True)` continues from it.
+Training runs under Lightning on one device (a GPU or the CPU; more are refused, see `ONE_DEVICE`). Every step
+draws random pixels of random training images with a generator seeded by (seed, step, rank), so a resumed run
+draws what an uninterrupted one would; the occupancy grid, the dynamic ray count and the optimiser state live in
+the checkpoint. A Ctrl-C saves `OUT/checkpoints/last.ckpt` and `fit(..., resume=True)` continues from it.
 
 Outputs, in OUT: mesh.obj (or .glb / .ply; the coordinates are the dataset's own world frame: normalised scene
 coordinates taken back through `Scene.to_world`; a GLB holds them turned to glTF's y up), metrics.json (test
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lrmesh.checkpoints import check_resume_checkpoint
 from lrmesh.data.scenes import Scene, load_scene
-from lrmesh.errors import InputError, LrmeshError
+from lrmesh.errors import ConfigError, InputError, LrmeshError
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.io.mesh import save_mesh
 from lrmesh.metrics import psnr as _image_psnr
@@ -42,6 +42,10 @@ from lrmesh.neus.rendering import mask_loss
 LAST = "last.ckpt"
 MIN_RAYS = 64  # the dynamic batch never shrinks below this (a step of rays that all miss has no samples)
 SEED_STRIDE = 1_000_003  # generator seed = seed * SEED_STRIDE^2 + step * SEED_STRIDE + rank
+# Several processes would each draw their own rays and march their own occupancy grid (the grids drift apart), so
+# a fit refuses them rather than duplicate the work.
+ONE_DEVICE = ("lrmesh fit runs on one device; got devices={devices} num_nodes={nodes} ({world} processes): set "
+              "devices=1 num_nodes=1 (several GPUs help `lrmesh train`, not a per-scene fit)")
 
 
 class FitDiverged(LrmeshError):
@@ -276,8 +280,6 @@ def fit(data: str | Path, cfg: FitConfig, output: str | Path, resume: bool = Fal
     system = FitSystem(cfg, scene, test)
     if resume:
         check_resume_checkpoint(ckpt, set(system.state_dict()))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     every = min(cfg.checkpoint_every, cfg.steps)
     checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", filename="last", every_n_train_steps=every,
                                   save_top_k=1, save_on_train_epoch_end=False, enable_version_counter=False)
@@ -289,6 +291,10 @@ def fit(data: str | Path, cfg: FitConfig, output: str | Path, resume: bool = Fal
                         enable_progress_bar=progress, limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=cfg.log_every, default_root_dir=str(output), enable_model_summary=False,
                         logger=L.pytorch.loggers.CSVLogger(str(output), name="logs"), enable_checkpointing=True)
+    if trainer.world_size > 1:
+        raise ConfigError(ONE_DEVICE.format(devices=cfg.devices, nodes=cfg.num_nodes, world=trainer.world_size))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     started = time.monotonic()
     sigint = signal.getsignal(signal.SIGINT)
     try:

@@ -6,8 +6,10 @@ randomly zoomed image, with the crop's camera. A crop of a zoomed image is itsel
 `crop_intrinsics`), so renderers need no crop logic.
 
 Determinism: sample i draws its object and all its randomness from `numpy.random.default_rng([seed, i])`, and
-`StepSampler` hands out i = step * batch * world + ...; so a run resumed at step s sees exactly the samples an
-uninterrupted run would have seen, whatever the data-loader workers did before the interruption.
+`StepSampler` hands out i = step * batch * world + ...; the render draws of sample i (NeRF ray jitter) come from
+(seed, i) as well (`ReconstructionModule.sample_generators`). So a run resumed at step s sees exactly the samples
+an uninterrupted run would have seen, whatever the data-loader workers did before the interruption, and a step on
+N devices with batch b each sees the samples and draws of a step on one device with batch N * b.
 
 A corrupt or missing object is skipped with a warning that names it (once per object), and the next object
 takes its place.
@@ -144,7 +146,8 @@ def _resize(x: Tensor, size: int, smooth: bool) -> Tensor:
 
 
 class MultiviewDataset(Dataset):
-    """Map-style: sample i -> dict of tensors (see the module docstring). Any integer i is valid."""
+    """Map-style: sample i -> dict of tensors (see the module docstring, and `sample_index`: i). Any integer i is
+    valid."""
 
     def __init__(self, cfg: DataConfig, names: list[str], seed: int, train: bool = True):
         self.cfg, self.names, self.seed, self.train = cfg, names, seed, train
@@ -166,7 +169,8 @@ class MultiviewDataset(Dataset):
         for attempt in range(min(MAX_SKIPS, len(self.names))):
             name = self.names[(first + attempt) % len(self.names)]
             try:
-                return self.sample(name, np.random.default_rng([self.seed, i, attempt]))
+                sample = self.sample(name, np.random.default_rng([self.seed, i, attempt]))
+                return {**sample, "sample_index": torch.tensor(i)}  # () int64: seeds the sample's render draws
             except SAMPLE_ERRORS as err:
                 if name not in self._warned:
                     self._warned.add(name)
@@ -261,7 +265,9 @@ class MultiviewDataset(Dataset):
 
 class StepSampler(Sampler[int]):
     """Endless sample indices for one rank, starting where step `start_step` begins:
-    i = (step * world + rank) * batch + b."""
+    i = (step * world + rank) * batch + b. Each rank draws its own samples, and the ranks of a step together
+    draw the samples one process with batch * world draws (samples step * batch * world onwards); so the
+    trainer must hand it to the loader as it is (Lightning: `use_distributed_sampler=False`)."""
 
     def __init__(self, batch_size: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
         self.batch_size, self.start_step, self.rank, self.world_size = batch_size, start_step, rank, world_size

@@ -40,18 +40,24 @@ def image_mse(render: Tensor, target: Tensor) -> Tensor:
 
 
 def masked_l1(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    covered = mask > 0
-    if not covered.any():
-        return render.sum() * 0
-    return F.l1_loss(render[covered], target[covered])
+    """Mean over objects of each object's L1 on its covered pixels; render, target, mask (B, ..., H, W), mask
+    broadcast over channels. L = 1/B sum_b sum_p m_bp |r_bp - t_bp| / sum_p m_bp (0 for an object with no
+    covered pixel). Per object, so a batch split across devices (DDP) has the mean of the devices' losses."""
+    covered = (mask > 0).expand_as(render).flatten(1).float()  # (B, P)
+    error = (render - target).abs().flatten(1)  # (B, P)
+    return _object_mean((error * covered).sum(1), covered.sum(1))
 
 
 def normal_consistency(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """1 - mean |cos| between rendered and target normals (..., 3, H, W) on covered pixels mask (..., 1, H, W).
-    The absolute value ignores which way a normal points (the reference's choice)."""
-    similarity = (render * target).sum(dim=-3).abs()  # (..., H, W)
-    covered = mask.squeeze(-3) > 0
-    if not covered.any():
-        return render.sum() * 0
-    return 1 - similarity[covered].mean()
+    """Mean over objects of 1 - mean |cos| between rendered and target normals (B, ..., 3, H, W) on each object's
+    covered pixels, mask (B, ..., 1, H, W); 0 for an object with no covered pixel. The absolute value ignores which
+    way a normal points (the reference's choice)."""
+    similarity = (render * target).sum(dim=-3).abs().flatten(1)  # (B, P)
+    covered = (mask.squeeze(-3) > 0).flatten(1).float()  # (B, P)
+    count = covered.sum(1)
+    return _object_mean((count - (similarity * covered).sum(1)), count)
 
+
+def _object_mean(total: Tensor, count: Tensor) -> Tensor:
+    """total (B,) / count (B,) per object, 0 where count is 0, then the mean over the B objects."""
+    return torch.where(count > 0, total / count.clamp(min=1), 0.0).mean()

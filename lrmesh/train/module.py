@@ -37,6 +37,9 @@ from lrmesh.train.config import TrainConfig
 NERF_TO_SDF_LEVEL = 10.0
 
 
+Generators = torch.Generator | list[torch.Generator] | None  # random draws of a render: one per object, or shared
+
+
 class TrainingDiverged(LrmeshError):
     """A loss became NaN or infinite."""
 
@@ -120,22 +123,24 @@ class ReconstructionModule(L.LightningModule):
         self.last_checkpoint: str | None = None
 
     # -------------------------------------------------------------------------------------------- rendering
-    def render(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: torch.Generator | None) -> Rendered:
+    def render(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: Generators) -> Rendered:
         if self.model.kind == "nerf":
             return self.render_nerf(planes, c2w, k, size, generator)
         return self.render_mesh(planes, c2w, k, size)
 
-    def render_nerf(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int,
-                    generator: torch.Generator | None) -> Rendered:
+    def render_nerf(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: Generators) -> Rendered:
         """planes (B, 3, C, H, W), c2w (B, T, 4, 4), k (B, T, 3, 3) -> Rendered with (B, T, ., size, size).
 
+        `generator`: one per object (training: `sample_generators`), or one drawn from for each object in turn.
         The sample draws are made up front: a checkpointed view recomputed in the backward pass must place its
         samples where the forward pass did (checkpointing restores the global RNG, not a Generator's)."""
         synth = self.model.synthesizer
         b, t = c2w.shape[:2]
         cameras = torch.cat([c2w.flatten(2), k.flatten(2)], dim=-1)  # (B, T, 25)
-        u = torch.rand(2, b, t, size * size, synth.cfg.samples_per_ray // 2, generator=generator,
-                       device=planes.device)  # stratified, importance
+        generators = generator if isinstance(generator, (list, tuple)) else [generator] * b
+        u = torch.stack([torch.rand(2, t, size * size, synth.cfg.samples_per_ray // 2, generator=g,
+                                    device=planes.device) for g in generators], dim=1)  # (2, B, T, S*S, n/2)
+        # u[0]: stratified, u[1]: importance draws
 
         def view(p: Tensor, j: int) -> tuple[Tensor, Tensor, Tensor]:
             out = synth.render(p, cameras[:, j:j + 1], size, u_stratified=u[0, :, j:j + 1],
@@ -204,7 +209,7 @@ class ReconstructionModule(L.LightningModule):
                         regularizers=regs)
 
     # --------------------------------------------------------------------------------------------- training
-    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Rendered:
+    def forward(self, batch: dict[str, Tensor], generator: Generators = None) -> Rendered:
         planes = self.model.forward_planes(batch["input_images"], batch["input_cameras"])
         size = batch["target_images"].shape[-1]
         rendered = self.render(planes, batch["target_c2w"], batch["target_intrinsics"], size, generator)
@@ -236,17 +241,19 @@ class ReconstructionModule(L.LightningModule):
 
     def point_color_loss(self, planes: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Colour MSE ([-1, 1]) at the surface points of the supervision views' foreground pixels (alpha > 0.5,
-        lifted with their depth), mean over the objects that have any."""
+        lifted with their depth), mean over the objects (0 for one with no such pixel, so the mean over devices
+        of a split batch is the batch's)."""
         synth, per_object = self.model.synthesizer, []
         for b in range(planes.shape[0]):
             depth = batch["target_depths"][b, :, 0]  # (T, S, S)
             covered = (batch["target_alphas"][b, :, 0] > 0.5) & (depth > 0)
             if not covered.any():
+                per_object.append(planes[b].sum() * 0)
                 continue
             points = unproject_depth(batch["target_c2w"][b], batch["target_intrinsics"][b], depth)[covered]
             colours = rearrange(batch["target_images"][b], "t c h w -> t h w c")[covered]
             per_object.append(losses.image_mse(synth.rgb(planes[b:b + 1], points), colours))
-        return torch.stack(per_object).mean() if per_object else planes.sum() * 0
+        return torch.stack(per_object).mean()
 
     def _render_losses(self, rendered: Rendered, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         w = self.cfg.loss
@@ -268,26 +275,30 @@ class ReconstructionModule(L.LightningModule):
             self._lpips = metrics.load_lpips() or False  # False: looked for, not available (warned once)
         return self._lpips.to(self.device) if self._lpips else None
 
-    def step_generator(self) -> torch.Generator:
-        """Random draws of this step (ray sample jitter) from (seed, step, rank): resumed runs repeat them."""
-        seed = int(np.random.default_rng([self.cfg.seed, self.global_step, self.global_rank]).integers(2**62))
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def sample_generators(self, indices: Tensor) -> list[torch.Generator]:
+        """The random draws (ray sample jitter) of each sample, from (seed, sample index): a resumed run repeats
+        them, and a sample draws the same whichever device or batch position it lands on."""
+        seeds = [int(np.random.default_rng([self.cfg.seed, int(i)]).integers(2**62)) for i in indices.tolist()]
+        return [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         if self.cfg.loss.needs_renders:
-            rendered = self(batch, self.step_generator())
+            rendered = self(batch, self.sample_generators(batch["sample_index"]))
             planes = rendered.planes
         else:  # point losses alone (occupancy, point colour): no rendering at all
             rendered, planes = None, self.model.forward_planes(batch["input_images"], batch["input_cameras"])
         terms = self.compute_losses(rendered, batch, planes)
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise TrainingDiverged(f"loss is {loss.item()} at step {self.global_step} ({values}); stopped. The last "
-                                   f"good checkpoint is {self.last_checkpoint or 'not written yet'}; resume from it "
-                                   "with a lower optim.lr or check the data")
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # What is logged and checked is the mean over devices: the loss of the whole step's batch. Every device
+        # then sees the same numbers, so a NaN on any of them stops all of them at the same step.
+        shown = self.mean_over_devices({**terms, "loss": loss})
+        if not torch.isfinite(shown["loss"]):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in shown.items() if k != "loss")
+            raise TrainingDiverged(f"loss is {shown['loss'].item()} at step {self.global_step} ({values}); stopped. "
+                                   f"The last good checkpoint is {self.last_checkpoint or 'not written yet'}; resume "
+                                   "from it with a lower optim.lr or check the data")
+        self.log_dict({f"train/{k}": v for k, v in shown.items() if k != "loss"}, on_step=True, on_epoch=False)
+        self.log("loss", shown["loss"], prog_bar=True, on_step=True, on_epoch=False)
         if rendered is not None:
             with torch.no_grad():
                 psnr = metrics.psnr(rendered.rgb.flatten(0, 1).clamp(0, 1), batch["target_images"].flatten(0, 1))
@@ -296,8 +307,18 @@ class ReconstructionModule(L.LightningModule):
         self.log("train/step", float(self.global_step), on_step=True, on_epoch=False)
         return loss
 
+    @staticmethod
+    def mean_over_devices(values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The values (detached) averaged over the processes of a distributed run (one all-reduce); as they are on
+        one device."""
+        stacked = torch.stack([v.detach().float() for v in values.values()])  # (K,)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stacked)
+            stacked = stacked / torch.distributed.get_world_size()
+        return dict(zip(values, stacked))
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        rendered = self(batch)
+        rendered = self(batch, self.sample_generators(batch["sample_index"]))
         psnr = metrics.psnr(rendered.rgb.flatten(0, 1).clamp(0, 1), batch["target_images"].flatten(0, 1))
         self.log("val/psnr", psnr, prog_bar=True, sync_dist=True, batch_size=rendered.rgb.shape[0])
         if batch_idx == 0 and self.global_rank == 0:

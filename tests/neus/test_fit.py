@@ -208,3 +208,14 @@ def test_a_bad_last_checkpoint_is_one_error_line_naming_it(scene, tmp_path, bad_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"lrmesh: error: {ckpt}: ") and reasons[kind] in err[0], err
     assert not marker.exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]
+
+
+def test_a_fit_on_several_devices_is_refused_in_one_line_before_anything_is_written(scene, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(scene), "-o", str(out), *TINY, "devices=2", "-q"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lrmesh")]
+    assert lines == ["lrmesh: error: lrmesh fit runs on one device; got devices=2 num_nodes=1 (2 processes): set "
+                     "devices=1 num_nodes=1 (several GPUs help `lrmesh train`, not a per-scene fit)"]
+    with pytest.raises(ConfigError, match=r"got devices=1 num_nodes=2 \(2 processes\)"):
+        fit(scene, tiny("neus", "num_nodes=2"), out, progress=False)
+    assert not out.exists()
