@@ -55,30 +55,50 @@ class NerfSynthesizer(nn.Module):
         return self.decoder(sample_triplanes(planes, points, self.cfg.box_warp))
 
     def render(self, planes: Tensor, cameras: Tensor, resolution: int, u_stratified: Tensor | None = None,
-               u_importance: Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+               u_importance: Tensor | None = None, generator: torch.Generator | None = None,
+               backgrounds: Tensor | None = None, region: tuple[int, int, int] | None = None) -> dict[str, Tensor]:
         """Render views of each triplane.
 
         Args:
-            planes: (B, 3, C, H, W); cameras: (B, M, 25) render cameras (cameras.render_cameras).
-            u_stratified, u_importance: optional (B, M, S*S, n) random draws to inject (see render/volume.py).
+            planes: (B, 3, C, H, W); cameras: (B, M, 25) render cameras (cameras.render_cameras), world frame.
+            u_stratified, u_importance: optional (B, M, R*R, n) random draws to inject (see render/volume.py).
+            backgrounds: optional (B, M, 1 or 3) background colour per view (default white).
+            region: optional (row0, col0, R) crop of the S x S image (OpenLRM's training patches).
         Returns:
-            images_rgb (B, M, 3, S, S), images_depth (B, M, 1, S, S), images_weight (B, M, 1, S, S).
+            images_rgb (B, M, 3, R, R), images_depth (B, M, 1, R, R), images_weight (B, M, 1, R, R).
+
+        With `render_views_jointly` (OpenLRM) the M cameras of a triplane are one batch of rays, and the random
+        draws, when not injected, come in the reference's order: the coarse jitter as rand(n, M*R*R) read
+        depth-major (its `rand_like` on a permuted tensor), then the importance draws rand(M*R*R, n).
         """
         b, m = cameras.shape[:2]
+        size = resolution if region is None else region[2]
+        groups = [(i, slice(0, m)) for i in range(b)] if self.cfg.render_views_jointly else \
+            [(i, slice(j, j + 1)) for i in range(b) for j in range(m)]  # one camera per call, as InstantMesh
         out: dict[str, list[Tensor]] = {"images_rgb": [], "images_depth": [], "images_weight": []}
-        for i in range(b):
-            for j in range(m):  # one camera per call, as the reference renders frames
-                origins, dirs = pixel_rays(cameras[i, j:j + 1], resolution)
-                r = self.render_rays(planes[i:i + 1], origins[0], dirs[0],
-                                     u_stratified=None if u_stratified is None else u_stratified[i, j],
-                                     u_importance=None if u_importance is None else u_importance[i, j],
-                                     generator=generator)
-                for key, value in (("images_rgb", r.rgb), ("images_depth", r.depth), ("images_weight", r.opacity)):
-                    out[key].append(value.T.reshape(-1, resolution, resolution))
+        n_coarse = n_fine = self.cfg.samples_per_ray // 2
+        for i, views in groups:
+            origins, dirs = pixel_rays(cameras[i, views], resolution, region)  # (V, R*R, 3)
+            rays = origins.shape[0] * origins.shape[1]
+            u_s = None if u_stratified is None else u_stratified[i, views].reshape(rays, -1)
+            u_i = None if u_importance is None else u_importance[i, views].reshape(rays, -1)
+            if self.cfg.render_views_jointly and u_s is None:
+                u_s = torch.rand(n_coarse, rays, generator=generator, device=planes.device).T
+                u_i = torch.rand(rays, n_fine, generator=generator, device=planes.device)
+            bg = None
+            if backgrounds is not None:
+                bg = backgrounds[i, views, None, :].expand(-1, size * size, -1).reshape(rays, -1)
+            r = self.render_rays(planes[i:i + 1], origins.reshape(-1, 3), dirs.reshape(-1, 3), u_stratified=u_s,
+                                 u_importance=u_i, generator=generator, background=bg)
+            for key, value in (("images_rgb", r.rgb), ("images_depth", r.depth), ("images_weight", r.opacity)):
+                # (V*R*R, c) -> V images (c, R, R)
+                out[key].extend(value.reshape(-1, size * size, value.shape[-1]).transpose(1, 2)
+                                .reshape(-1, value.shape[-1], size, size).unbind(0))
         return {k: torch.stack(v).reshape(b, m, *v[0].shape) for k, v in out.items()}
 
     def render_rays(self, planes: Tensor, origins: Tensor, dirs: Tensor, u_stratified: Tensor | None = None,
-                    u_importance: Tensor | None = None, generator: torch.Generator | None = None) -> RenderOutput:
+                    u_importance: Tensor | None = None, generator: torch.Generator | None = None,
+                    background: Tensor | None = None) -> RenderOutput:
         """Volume-render rays (R, 3) through one triplane (1, 3, C, H, W): `samples_per_ray` / 2 stratified
         samples, as many importance samples, inside the box the planes span."""
         n_coarse = n_fine = self.cfg.samples_per_ray // 2
@@ -88,7 +108,9 @@ class NerfSynthesizer(nn.Module):
             return sample.sigma.reshape(*points.shape[:-1], 1), sample.rgb.reshape(*points.shape[:-1], 3)
 
         return render_rays(field, origins, dirs, n_coarse, n_fine, box_half_side=self.cfg.box_warp / 2,
-                           u_stratified=u_stratified, u_importance=u_importance, generator=generator, chunk=RAY_CHUNK)
+                           u_stratified=u_stratified, u_importance=u_importance, generator=generator, chunk=RAY_CHUNK,
+                           background=background, empty_density_divisor=self.cfg.empty_density_divisor,
+                           normalize_depth=self.cfg.normalize_depth)
 
     @torch.no_grad()
     def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None) -> Mesh:
@@ -104,7 +126,8 @@ class NerfSynthesizer(nn.Module):
         if progress:
             progress("marching cubes")
         verts, faces = mcubes.marching_cubes(density.cpu().numpy(), self.cfg.mesh_threshold)
-        vertices = torch.as_tensor(verts, dtype=torch.float32, device=device) / (res - 1) * 2 - 1
+        # index units -> [-1, 1] in float64, then float32, as the references map PyMCubes' float64 vertices
+        vertices = torch.as_tensor(verts / (res - 1) * 2 - 1, dtype=torch.float32, device=device)
         # PyMCubes already winds faces counter-clockwise seen from the low-density side (outside).
         faces = torch.as_tensor(faces.astype("int64"), device=device)
         mesh = Mesh(vertices=vertices, faces=faces)
