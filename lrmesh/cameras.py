@@ -160,3 +160,43 @@ def unproject_depth(c2w: Tensor, k: Tensor, depth: Tensor) -> Tensor:
     cam = opengl * depth.reshape(n, -1, 1)  # (N, S*S, 3), z = -depth
     world = cam @ c2w[:, :3, :3].transpose(1, 2).to(depth.dtype) + c2w[:, None, :3, 3].to(depth.dtype)
     return world.reshape(n, size, size, 3)
+
+
+# OpenLRM's cameras (its inferrer): normalised focal 384 / 512 = 0.75 (3DTopia/OpenLRM issue 6: the Objaverse
+# renders' fx / w), the source camera on -y at distance 2, the video orbit at height 0.8, 160 frames.
+OPENLRM_FOCAL = 0.75
+OPENLRM_ORBIT_FRAMES = 160
+OPENLRM_ORBIT_HEIGHT = 0.8
+
+
+def _openlrm_intrinsics() -> Tensor:
+    f = OPENLRM_FOCAL
+    return torch.tensor([[f, 0.0, 0.5], [0.0, f, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+def openlrm_source_camera(distance: float = 2.0) -> Tensor:
+    """OpenLRM's canonical source camera, (1, 16): at (0, -distance, 0) looking along +y at the origin, camera up
+    = world +z (z-up world, OpenGL axes), normalised focal 0.75. Every photo is taken as seen from it."""
+    c2w = look_at_origin(torch.tensor([[0.0, -distance, 0.0]]))
+    k = _openlrm_intrinsics()
+    return torch.cat([c2w[:, :3, :].reshape(1, 12), torch.stack([k[0, 0], k[1, 1], k[0, 2], k[1, 2]])[None]], dim=1)
+
+
+def openlrm_orbit(version: str, num_frames: int = OPENLRM_ORBIT_FRAMES, distance: float = 2.0,
+                  height: float = OPENLRM_ORBIT_HEIGHT) -> Tensor:
+    """OpenLRM's video orbit as render cameras (N, 25), world frame (z up): a circle of radius
+    sqrt(distance^2 - height^2) at z = height, looking at the origin, starting in front (azimuth -90 degrees,
+    on -y, the source camera's side). v1.1: theta = linspace(-pi/2, 3 pi/2, N) in float32, so the last frame
+    repeats the first; v1.0: theta_i = 2 pi i / N - pi / 2 in float64, then float32."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    ring = math.sqrt(distance**2 - height**2)
+    if version == "1.1":
+        theta = torch.linspace(-math.pi / 2, 3 * math.pi / 2, num_frames)
+        positions = torch.stack([torch.cos(theta) * ring, torch.sin(theta) * ring,
+                                 torch.full((num_frames,), height)], dim=1)
+    else:
+        theta = [2 * math.pi * i / num_frames - math.pi / 2 for i in range(num_frames)]
+        positions = torch.tensor([[ring * math.cos(t), ring * math.sin(t), height] for t in theta])
+    c2w = look_at_origin(positions)
+    return torch.cat([c2w.reshape(-1, 16), _openlrm_intrinsics().reshape(1, 9).expand(num_frames, 9)], dim=1)

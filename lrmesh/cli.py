@@ -54,11 +54,21 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    openlrm = p.add_argument_group("OpenLRM checkpoints (one photo: -c a v1.1 folder or a v1.0 model.pth)")
+    openlrm.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default 384)")
+    openlrm.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default 3.0)")
+    openlrm.add_argument("--no-rembg", dest="rembg", action="store_false",
+                         help="feed the photo exactly as OpenLRM's inference does (composite on white, resize)")
+    openlrm.add_argument("--source-size", type=int, default=None,
+                         help="encoder input size, for a model that is no released preset (224/336/448 released)")
+    openlrm.add_argument("--encoder-heads", type=int, default=None,
+                         help="encoder attention heads, for a v1.0 model whose ViT is not 768 wide")
     p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from lrmesh.checkpoints import load_model
+    from lrmesh.openlrm import openlrm_files
     from lrmesh.io.mesh import MESH_FORMATS, save_mesh
     from lrmesh.io.views import load_views
     from lrmesh.progress import Stages
@@ -67,6 +77,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix.lower() not in MESH_FORMATS:
         raise LrmeshError(f"cannot write {output.name!r}: the mesh file must end in one of {', '.join(MESH_FORMATS)}")
+    if args.checkpoint and openlrm_files(args.checkpoint):
+        return _reconstruct_openlrm(args, output)
+    if any(v is not None for v in (args.mesh_resolution, args.mesh_threshold, args.source_size, args.encoder_heads)) \
+            or not args.rembg:
+        raise LrmeshError("--mesh-resolution, --mesh-threshold, --no-rembg, --source-size and --encoder-heads "
+                          "apply to OpenLRM checkpoints only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -95,6 +111,27 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
     if args.video is not None:
         written += _write_video(mesh, args, output, say)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _reconstruct_openlrm(args: argparse.Namespace, output: Path | None) -> int:
+    """One photo through an OpenLRM model (the logic lives in lrmesh/single_image.py)."""
+    from lrmesh.single_image import reconstruct_to_files
+
+    if len(args.views) != 1:
+        raise LrmeshError(f"an OpenLRM model reconstructs from one photo; got {len(args.views)} inputs")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    output = output or Path("outputs") / f"{Path(args.views[0]).stem}.obj"
+    video = None if args.video is None else Path(args.video) if args.video else output.with_suffix(".mp4")
+    written = reconstruct_to_files(args.views[0], args.checkpoint, output, mesh_resolution=args.mesh_resolution,
+                                   mesh_threshold=args.mesh_threshold, remove_background=args.rembg, video=video,
+                                   source_size=args.source_size, encoder_heads=args.encoder_heads,
+                                   device=_resolve_device(args.device), say=say, show_progress=not args.quiet)
     for path in written:
         print(path)
     return 0

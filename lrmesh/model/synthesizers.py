@@ -113,10 +113,13 @@ class NerfSynthesizer(nn.Module):
                            normalize_depth=self.cfg.normalize_depth)
 
     @torch.no_grad()
-    def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None) -> Mesh:
-        """Marching cubes on the activated density over [-1, 1]^3 at `mesh_resolution`^3, iso-level
-        `mesh_threshold`; vertex colours from the colour head. planes: (1, 3, C, H, W)."""
-        res, device = self.cfg.mesh_resolution, planes.device
+    def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None,
+                     resolution: int | None = None, threshold: float | None = None) -> Mesh:
+        """Marching cubes on the activated density over [-1, 1]^3 at `resolution`^3 (default `mesh_resolution`),
+        iso-level `threshold` (default `mesh_threshold`); vertex colours from the colour head.
+        planes: (1, 3, C, H, W). The mesh is in the planes' world frame (z up)."""
+        res, device = resolution or self.cfg.mesh_resolution, planes.device
+        level = self.cfg.mesh_threshold if threshold is None else threshold
         axis = torch.linspace(-1, 1, res, device=device)
         points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
         if progress:
@@ -125,7 +128,7 @@ class NerfSynthesizer(nn.Module):
         density = torch.nn.functional.softplus(sigma - 1).reshape(res, res, res)
         if progress:
             progress("marching cubes")
-        verts, faces = mcubes.marching_cubes(density.cpu().numpy(), self.cfg.mesh_threshold)
+        verts, faces = mcubes.marching_cubes(density.cpu().numpy(), level)
         # index units -> [-1, 1] in float64, then float32, as the references map PyMCubes' float64 vertices
         vertices = torch.as_tensor(verts / (res - 1) * 2 - 1, dtype=torch.float32, device=device)
         # PyMCubes already winds faces counter-clockwise seen from the low-density side (outside).
