@@ -19,6 +19,7 @@ EXAMPLE_VIEWS = "example_views.png"
 DEFAULT_CHECKPOINT = "lrmesh-small.safetensors"
 VIDEO_RADIUS = 4.5  # the reference CLI's turntable distance
 VIDEO_ELEVATION = 20.0
+VIDEO_FRAMES, VIDEO_RESOLUTION = 120, 512
 # `lrmesh synth` view size per layout: the reference trains on 512 px renders, Zero123++ views are 320 px, and
 # 400 px is NeRF-synthetic's usual half resolution.
 SYNTH_RESOLUTION = {"training": 512, "zero123pp": 320, "blender": 400, "dtu": 400, "colmap": 400}
@@ -45,8 +46,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--texture-resolution", type=int, default=1024, help="texture map side in pixels")
     p.add_argument("--video", nargs="?", const="", default=None, metavar="MP4",
                    help="also render a turntable video (default path: beside the mesh)")
-    p.add_argument("--video-frames", type=int, default=120)
-    p.add_argument("--video-resolution", type=int, default=512)
+    p.add_argument("--video-frames", type=int, default=None, help="default 120 (OpenLRM models: its 160)")
+    p.add_argument("--video-resolution", type=int, default=None,
+                   help="default 512 (OpenLRM models: the release's render size)")
     p.add_argument("--views", dest="num_views", type=int, choices=(4, 6), default=6,
                    help="use all six views or the reference's four-view subset (0, 2, 4, 5)")
     p.add_argument("--scale", type=float, default=1.0, help="camera radius factor (radius 4.0 x scale), as run.py")
@@ -125,11 +127,12 @@ def _reconstruct_openlrm(args: argparse.Namespace, output: Path | None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     output = output or Path("outputs") / f"{Path(args.views[0]).stem}.obj"
     video = None if args.video is None else Path(args.video) if args.video else output.with_suffix(".mp4")
     written = reconstruct_to_files(args.views[0], args.checkpoint, output, mesh_resolution=args.mesh_resolution,
                                    mesh_threshold=args.mesh_threshold, remove_background=args.rembg, video=video,
+                                   video_frames=args.video_frames, video_resolution=args.video_resolution,
                                    source_size=args.source_size, encoder_heads=args.encoder_heads,
                                    device=_resolve_device(args.device), say=say, show_progress=not args.quiet)
     for path in written:
@@ -150,9 +153,9 @@ def _write_video(mesh, args: argparse.Namespace, output: Path, say) -> list[Path
     from lrmesh.io.video import render_turntable, write_video
 
     path = Path(args.video) if args.video else output.with_suffix(".mp4")
-    say(f"lrmesh: rendering {args.video_frames} turntable frames")
-    frames = render_turntable(mesh, num_frames=args.video_frames, radius=VIDEO_RADIUS * args.scale,
-                              elevation_deg=VIDEO_ELEVATION, resolution=args.video_resolution,
+    say(f"lrmesh: rendering {args.video_frames or VIDEO_FRAMES} turntable frames")
+    frames = render_turntable(mesh, num_frames=args.video_frames or VIDEO_FRAMES, radius=VIDEO_RADIUS * args.scale,
+                              elevation_deg=VIDEO_ELEVATION, resolution=args.video_resolution or VIDEO_RESOLUTION,
                               progress=not args.quiet)
     write_video(frames, path)
     return [path]

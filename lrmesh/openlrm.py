@@ -296,6 +296,30 @@ def _rename(key: str, version: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ loading
+def check_release(cfg: SingleViewConfig, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Strict check of a release state dict against the keys and shapes `cfg` implies, naming every problem."""
+    expected = {k: torch.empty(s, device="meta") for k, s in release_shapes(cfg).items()}
+    problems = fit_problems(state, expected)
+    if problems:
+        raise CheckpointError(f"{source} does not fit OpenLRM {cfg.version} as its configuration describes it: "
+                              + "; ".join(problems))
+
+
+def release_args(cfg: SingleViewConfig) -> dict[str, Any]:
+    """The release's constructor arguments for `cfg` (v1.1's config.json; v1.0's kwargs["model"] without
+    encoder_type). The encoder's name is the released backbone's for its width."""
+    t, e = cfg.transformer, cfg.encoder
+    names = {384: "dinov2_vits14_reg", 768: "dinov2_vitb14_reg"} if cfg.version == "1.1" else {768: DINO_VITB16}
+    args = {"camera_embed_dim": cfg.camera_embed_dim, "rendering_samples_per_ray": cfg.synthesizer.samples_per_ray,
+            "transformer_dim": t.dim, "transformer_layers": t.num_layers, "transformer_heads": t.num_heads,
+            "triplane_low_res": t.low_res, "triplane_high_res": t.high_res, "triplane_dim": t.triplane_dim,
+            "encoder_type": "dinov2", "encoder_model_name": names.get(e.hidden_size, f"width-{e.hidden_size}"),
+            "encoder_feat_dim": e.hidden_size, "encoder_freeze": False}
+    if cfg.version == "1.0":
+        del args["encoder_type"]
+    return args
+
+
 def load_openlrm(path: str | Path, source_size: int | None = None, encoder_heads: int | None = None,
                  notice: Callable[[str], None] | None = None) -> SingleViewLRM:
     """Build and strictly load an OpenLRM release (CPU, eval mode). `notice` receives the licence line, once
@@ -303,11 +327,7 @@ def load_openlrm(path: str | Path, source_size: int | None = None, encoder_heads
     global _notice_shown
     version, args, state, infer = read_release(path)
     cfg = release_config(version, args, state, infer, source_size, encoder_heads, source=str(path))
-    expected = {k: torch.empty(s, device="meta") for k, s in release_shapes(cfg).items()}
-    problems = fit_problems(state, expected)
-    if problems:
-        raise CheckpointError(f"{path} does not fit OpenLRM {version} as its configuration describes it: "
-                              + "; ".join(problems))
+    check_release(cfg, state, str(path))
     model = SingleViewLRM(cfg)
     model.load_state_dict(release_to_lrmesh(state, version), strict=True)
     if notice is not None and not _notice_shown:

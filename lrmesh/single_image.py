@@ -13,6 +13,7 @@ z up into glTF's y up (io/mesh.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from lrmesh.cameras import openlrm_orbit, openlrm_source_camera
+from lrmesh.cameras import OPENLRM_ORBIT_FRAMES, openlrm_orbit, openlrm_source_camera
 from lrmesh.errors import InputError, LrmeshError
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.model.single_view import SingleViewLRM
@@ -98,7 +99,8 @@ def render_orbit(model: SingleViewLRM, planes: Tensor, num_frames: int | None = 
                  resolution: int | None = None, generator: torch.Generator | None = None) -> Tensor:
     """The turntable video OpenLRM exports: frames volume-rendered from the triplanes along its orbit
     (`cameras.openlrm_orbit`), two per call, at the model's render size -> (T, H, W, 3) uint8."""
-    cameras = openlrm_orbit(model.cfg.version, num_frames or 160, model.cfg.source_distance).to(planes.device)
+    frames_total = num_frames or OPENLRM_ORBIT_FRAMES
+    cameras = openlrm_orbit(model.cfg.version, frames_total, model.cfg.source_distance).to(planes.device)
     size = resolution or model.cfg.render_size
     frames = []
     for i in range(0, cameras.shape[0], FRAMES_PER_CALL):
@@ -110,18 +112,22 @@ def render_orbit(model: SingleViewLRM, planes: Tensor, num_frames: int | None = 
 
 def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output: Path, *, mesh_resolution: int | None,
                          mesh_threshold: float | None, remove_background: bool, video: Path | None,
+                         video_frames: int | None = None, video_resolution: int | None = None,
                          source_size: int | None, encoder_heads: int | None, device: torch.device,
-                         say, show_progress: bool) -> list[Path]:
-    """The CLI's OpenLRM branch: load, prepare, reconstruct, write the mesh (and the video); -> files written."""
+                         say: Callable[[str], None] | None, show_progress: bool) -> list[Path]:
+    """The CLI's OpenLRM branch: load, prepare, reconstruct, write the mesh (and the video); -> files written.
+    `say` prints progress lines and the licence notice; None when quiet."""
     from lrmesh.io.mesh import save_mesh
     from lrmesh.io.video import write_video
     from lrmesh.openlrm import load_openlrm
 
     if mesh_resolution is not None and mesh_resolution < 2:
         raise LrmeshError(f"--mesh-resolution must be at least 2, got {mesh_resolution}")
+    notice = say
+    say = say or (lambda message: None)
     photo = load_photo(photo_path)
     say(f"lrmesh: loading {checkpoint}")
-    model = load_openlrm(checkpoint, source_size=source_size, encoder_heads=encoder_heads, notice=say).to(device)
+    model = load_openlrm(checkpoint, source_size=source_size, encoder_heads=encoder_heads, notice=notice).to(device)
     image = prepare_photo(photo, model.cfg.source_size, remove_background)
     say(f"lrmesh: reconstructing on {device} (OpenLRM {model.cfg.version}, {model.cfg.source_size} px input)")
     stages = Stages(device, show=show_progress)
@@ -132,6 +138,7 @@ def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output:
     written = save_mesh(mesh, output, keep_coordinates=True)
     say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
     if video is not None:
-        say(f"lrmesh: rendering the {model.cfg.render_size} px orbit video")
-        written.append(write_video(render_orbit(model, result.planes), video, fps=VIDEO_FPS))
+        frames = render_orbit(model, result.planes, video_frames, video_resolution)
+        say(f"lrmesh: rendered {frames.shape[0]} orbit frames of {frames.shape[1]} px")
+        written.append(write_video(frames, video, fps=VIDEO_FPS))
     return written
