@@ -334,3 +334,32 @@ def load_openlrm(path: str | Path, source_size: int | None = None, encoder_heads
         notice(LICENCE_NOTICE)
         _notice_shown = True
     return model.eval()
+
+
+def save_release(model: SingleViewLRM, path: str | Path) -> Path:
+    """Write `model` in its release layout, loadable by `load_openlrm` and by OpenLRM itself: v1.1 a folder with
+    config.json + model.safetensors, v1.0 a model.pth {"weights", "kwargs": {"model", "infer"}}. Returns the
+    path to give `-c`. (A v1.1 folder does not record the source size: for a model that is no released preset,
+    pass --source-size when loading it.)"""
+    from safetensors.torch import save_file
+
+    cfg, ours = model.cfg, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {}
+    for key in release_shapes(cfg):
+        packed = _PACKED.fullmatch(key)
+        qkv = _DINOV2_QKV.fullmatch(key) if cfg.version == "1.1" else None
+        if packed or qkv:
+            base, leaf = (packed.group(1).replace("layers", "blocks"), "weight") if packed else \
+                (f"encoder.{qkv.group(1)}", qkv.group(2))
+            state[key] = torch.cat([ours[f"{base}.{name}.{leaf}"] for name in "qkv"])
+        else:
+            state[key] = ours[_rename(key, cfg.version)]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if cfg.version == "1.1":
+        (path / V11_CONFIG).write_text(json.dumps(release_args(cfg)))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path / V11_WEIGHTS))
+        return path
+    infer = {"source_size": cfg.source_size, "render_size": cfg.render_size}
+    torch.save({"weights": state, "kwargs": {"model": release_args(cfg), "infer": infer}}, path / V10_WEIGHTS)
+    return path / V10_WEIGHTS

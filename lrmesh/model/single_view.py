@@ -40,6 +40,10 @@ class SingleViewLRM(nn.Module):
         self.transformer = TriplaneTransformer(cfg.transformer, cond_dim=enc.hidden_size)
         self.synthesizer = NerfSynthesizer(cfg.synthesizer, cfg.transformer.triplane_dim)
 
+    @property
+    def kind(self) -> str:
+        return "nerf"  # its synthesizer; the training module picks its render path by this
+
     def encode(self, images: Tensor) -> Tensor:
         """images (N, 3, S, S) in [0, 1] -> tokens (N, 1 + (S/p)^2, De): normalised as the release expects
         (v1.0: x * 2 - 1; v1.1: unchanged), CLS first."""
