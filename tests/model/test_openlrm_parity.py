@@ -129,3 +129,19 @@ def test_renders(case, render):
     out = _render(model, planes[photo], cameras, deterministic="det" in render)
     for key in ("rgb", "depth", "weight"):
         close(out[f"images_{key}"], expected[f"render_{render}_{key}"], RENDER_TOL)
+
+
+def test_orbit_video_renders_the_orbit_two_frames_per_call(case):
+    from lrmesh.single_image import render_orbit
+
+    model, _, _, planes = case
+    generator = torch.Generator().manual_seed(3)
+    video = render_orbit(model, planes["rgba"], num_frames=4, resolution=8, generator=generator)
+    assert video.shape == (4, 8, 8, 3) and video.dtype == torch.uint8
+    generator.manual_seed(3)
+    orbit = openlrm_orbit(model.cfg.version, 4)
+    with torch.no_grad():
+        pairs = [model.synthesizer.render(planes["rgba"], orbit[None, i:i + 2], 8, generator=generator)["images_rgb"][0]
+                 for i in (0, 2)]
+    expected = (torch.cat(pairs).permute(0, 2, 3, 1).clamp(0, 1) * 255).to(torch.uint8)
+    assert torch.equal(video, expected)
