@@ -257,7 +257,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the reconstruction model (stage 1 NeRF, stage 2 mesh)",
                        description="Train a stage from a YAML config (a file, or a name under lrmesh/configs: "
                                    "instant-nerf-large, instant-mesh-large, small-geometry, small-color, "
-                                   "small-stage2, tiny-stage1, tiny-stage2, openlrm-small-1.1, openlrm-tiny), with key=value overrides checked "
+                                   "small-stage2, tiny-stage1, tiny-stage2, openlrm-small-1.1, "
+                                   "openlrm-tiny), with key=value overrides checked "
                                    "against the config, e.g. data.root=data/objaverse optim.lr=1e-4 devices=8.")
     p.add_argument("config", help="YAML file or config name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from lrmesh.checkpoints import CheckpointError, fit_problems, read_tensors, rename_official_key
-from lrmesh.config import (DINOV2_HEAD_WIDTH, OPENLRM_PRESETS, SingleViewConfig, TransformerConfig, dino_vitb16_encoder,
-                           dinov2_encoder, openlrm_synthesizer)
+from lrmesh.config import (DINOV2_HEAD_WIDTH, OPENLRM_PRESETS, EncoderConfig, SingleViewConfig, TransformerConfig,
+                           dino_vitb16_encoder, dinov2_encoder, openlrm_synthesizer)
 from lrmesh.model.single_view import CAMERA_DIM, SingleViewLRM
 
 V11_CONFIG, V11_WEIGHTS, V10_WEIGHTS = "config.json", "model.safetensors", "model.pth"
@@ -58,7 +58,7 @@ def openlrm_files(path: str | Path) -> tuple[str, Path, Path | None] | None:
 
 def _is_v10_file(path: Path) -> bool:
     try:
-        obj = torch.load(path, map_location="meta", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped, not read
     except Exception:  # any unreadable file is simply not an OpenLRM v1.0 release; read_release says why
         return False
     return isinstance(obj, dict) and "weights" in obj and "kwargs" in obj
@@ -85,7 +85,8 @@ def read_release(path: str | Path) -> tuple[str, dict[str, Any], dict[str, Tenso
     kwargs = obj["kwargs"]
     if not isinstance(kwargs, dict) or not isinstance(kwargs.get("model"), dict) or \
             not isinstance(obj["weights"], dict) or not all(isinstance(v, Tensor) for v in obj["weights"].values()):
-        raise CheckpointError(f"{weights}: expected {{'weights': state dict, 'kwargs': {{'model': ..., 'infer': ...}}}}")
+        raise CheckpointError(f"{weights}: expected {{'weights': state dict, "
+                              "'kwargs': {'model': ..., 'infer': ...}}")
     return version, _checked_args(kwargs["model"], str(weights), version), obj["weights"], kwargs.get("infer") or {}
 
 
@@ -140,13 +141,13 @@ def _same_model(a: SingleViewConfig, b: SingleViewConfig) -> bool:
         (b.version, b.encoder, b.camera_embed_dim, b.transformer, b.synthesizer)
 
 
-def _encoder_from_tensors(version: str, state: dict[str, Tensor], heads: int | None, source: str):
+def _encoder_from_tensors(version: str, state: dict[str, Tensor], heads: int | None, source: str) -> EncoderConfig:
+    """The encoder's dimensions read off its tensors (width, depth, MLP width, patch, stored position grid)."""
+    prefix = "encoder.model."
     if version == "1.1":
-        prefix = "encoder.model."
         width_key, mlp_key, patch_key = "cls_token", "blocks.0.mlp.fc1.weight", "patch_embed.proj.weight"
         pos_key, depth_re = "pos_embed", r"blocks\.(\d+)\."
     else:
-        prefix = "encoder.model."
         width_key, mlp_key = "embeddings.cls_token", "encoder.layer.0.intermediate.dense.weight"
         patch_key, pos_key = "embeddings.patch_embeddings.projection.weight", "embeddings.position_embeddings"
         depth_re = r"encoder\.layer\.(\d+)\."
@@ -206,7 +207,8 @@ def release_shapes(cfg: SingleViewConfig) -> dict[str, tuple[int, ...]]:
                            f"{layer}.cross_attn.v_proj_weight": (dt, de)})
         shapes[f"{layer}.cross_attn.out_proj.weight"] = (dt, dt)
         shapes.update(modln(2))
-        shapes.update({f"{layer}.self_attn.in_proj_weight": (3 * dt, dt), f"{layer}.self_attn.out_proj.weight": (dt, dt)})
+        shapes.update({f"{layer}.self_attn.in_proj_weight": (3 * dt, dt),
+                       f"{layer}.self_attn.out_proj.weight": (dt, dt)})
         shapes.update(modln(3))
         shapes.update({f"{layer}.mlp.0.weight": (hidden, dt), f"{layer}.mlp.0.bias": (hidden,),
                        f"{layer}.mlp.3.weight": (dt, hidden), f"{layer}.mlp.3.bias": (dt,)})
@@ -216,7 +218,8 @@ def release_shapes(cfg: SingleViewConfig) -> dict[str, tuple[int, ...]]:
     h = cfg.synthesizer.hidden_dim
     dims = [3 * td] + [h] * (len(DECODER_LAYERS) - 1) + [4]
     for index, (a, b) in zip(DECODER_LAYERS, zip(dims[:-1], dims[1:])):
-        shapes.update({f"synthesizer.decoder.net.{index}.weight": (b, a), f"synthesizer.decoder.net.{index}.bias": (b,)})
+        shapes.update({f"synthesizer.decoder.net.{index}.weight": (b, a),
+                       f"synthesizer.decoder.net.{index}.bias": (b,)})
     return shapes
 
 
@@ -328,7 +331,9 @@ def load_openlrm(path: str | Path, source_size: int | None = None, encoder_heads
     version, args, state, infer = read_release(path)
     cfg = release_config(version, args, state, infer, source_size, encoder_heads, source=str(path))
     check_release(cfg, state, str(path))
-    model = SingleViewLRM(cfg)
+    with torch.device("meta"):  # no random initialisation of weights about to be overwritten
+        model = SingleViewLRM(cfg)
+    model = model.to_empty(device="cpu")
     model.load_state_dict(release_to_lrmesh(state, version), strict=True)
     if notice is not None and not _notice_shown:
         notice(LICENCE_NOTICE)

@@ -87,7 +87,7 @@ def _write_release(cfg, folder: Path, state: dict[str, torch.Tensor]) -> Path:
         (folder / "config.json").write_text(json.dumps(release_args(cfg)))
         save_file(state, str(folder / "model.safetensors"))
         return folder
-    kwargs = {"model": release_args(cfg), "infer": {"source_size": cfg.source_size, "render_size": 32}}
+    kwargs = {"model": release_args(cfg), "infer": {"source_size": cfg.source_size, "render_size": cfg.render_size}}
     torch.save({"weights": state, "kwargs": kwargs}, folder / "model.pth")
     return folder / "model.pth"
 
@@ -191,3 +191,18 @@ def test_licence_notice_once_when_asked(monkeypatch):
     load_openlrm(FIXTURE / "v11-packed", source_size=336, notice=lines.append)
     assert lines == [LICENCE_NOTICE]
     assert "CC BY-NC 4.0" in LICENCE_NOTICE
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(OPENLRM_PRESETS) if n.endswith("-1.0")])
+def test_real_size_v10_files_load(tmp_path, name):
+    """A model.pth of the preset's real key names and shapes, kept small on disk by stride-0 tensors (torch.save
+    stores one number per tensor); the loader reads it as a released file."""
+    cfg = openlrm_preset(name)
+    state = {k: torch.full((1,), 0.01 * (i % 7)).expand(s) for i, (k, s) in enumerate(release_shapes(cfg).items())}
+    path = _write_release(cfg, tmp_path, state)
+    assert path.stat().st_size < 2**20
+    model = load_openlrm(path)
+    assert model.cfg == cfg
+    first = next(iter(state))
+    assert float(model.transformer.pos_embed.detach()[0, 0, 0]) == float(state["transformer.pos_embed"][0, 0, 0])
+    assert first.startswith("encoder.model.embeddings")

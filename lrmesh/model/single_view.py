@@ -33,8 +33,6 @@ class SingleViewLRM(nn.Module):
         self.cfg = cfg
         enc = cfg.encoder
         self.encoder = Dinov2(enc) if enc.architecture == "dinov2" else ModulatedViT(enc, modulated=False)
-        self.register_buffer("mean", torch.tensor(enc.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(enc.image_std).view(1, 3, 1, 1), persistent=False)
         ce = cfg.camera_embed_dim
         self.camera_embedder = nn.Sequential(nn.Linear(CAMERA_DIM, ce), nn.SiLU(), nn.Linear(ce, ce))
         self.transformer = TriplaneTransformer(cfg.transformer, cond_dim=enc.hidden_size)
@@ -49,7 +47,10 @@ class SingleViewLRM(nn.Module):
         (v1.0: x * 2 - 1; v1.1: unchanged), CLS first."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, S, S), got {tuple(images.shape)}")
-        return self.encoder((images - self.mean) / self.std)
+        # no buffers: the whole state is parameters, so a loader can build the model on the meta device
+        mean = torch.tensor(self.cfg.encoder.image_mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.encoder.image_std, device=images.device).view(1, 3, 1, 1)
+        return self.encoder((images - mean) / std)
 
     def transformer_tokens(self, tokens: Tensor, cameras: Tensor) -> Tensor:
         """Image tokens (N, L, De) and source cameras (N, 16) -> transformer output (N, 3 r^2, Dt)."""
