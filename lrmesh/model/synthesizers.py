@@ -162,12 +162,19 @@ class NerfSynthesizer(nn.Module):
         yz = zy.transpose(0, 1).contiguous()  # (y, z, H)
         slab = max(1, POINT_CHUNK // (res * res))
         out = torch.empty(res, res, res, device=planes.device)
+        # Two hidden buffers reused slab after slab: fresh 64 MB tensors per op cost more in page faults than
+        # the arithmetic (measured: the broadcast add 4x, each 64x64 product 2x on the CPU).
+        width = xy.shape[-1]
+        buffers = [torch.empty(slab, res, res, width, device=planes.device) for _ in range(2)]
         for i in range(0, res, slab):
-            h = (xy[i:i + slab, :, None] + xz[i:i + slab, None] + yz[None]).reshape(-1, xy.shape[-1]).relu_()
+            n = min(slab, res - i)
+            h, spare = buffers[0][:n], buffers[1][:n].view(-1, width)
+            torch.add(xy[i:i + n, :, None], xz[i:i + n, None], out=h)
+            h = h.add_(yz[None]).relu_().view(-1, width)  # (n * res * res, H)
             for layer in hidden_layers:
-                h = torch.addmm(layer.bias, h, layer.weight.T).relu_()
+                h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
             # only the density row of the last layer (output 0); colours are queried at the vertices later
-            out[i:i + slab] = torch.addmm(last.bias[:1], h, last.weight[:1].T).reshape(-1, res, res)
+            out[i:i + n] = torch.addmm(last.bias[:1], h, last.weight[:1].T).view(n, res, res)
         return F.softplus(out - 1)
 
 
