@@ -178,6 +178,8 @@ NO_NORMALISATION_MEAN, NO_NORMALISATION_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 # DINOv2 `_reg` backbones: position grid stored for 518 px images (37 x 37 patches of 14), 4 registers,
 # LayerNorm eps 1e-6, head width 64 (ViT-S/14: 384 / 6, ViT-B/14: 768 / 12).
 DINOV2_IMAGE_SIZE, DINOV2_PATCH, DINOV2_REGISTERS, DINOV2_HEAD_WIDTH = 518, 14, 4, 64
+# Every released OpenLRM config: camera_embed_dim 1024, 32 x 32 query tokens per plane, LayerNorm eps 1e-6.
+OPENLRM_CAMERA_EMBED, OPENLRM_LOW_RES, OPENLRM_NORM_EPS = 1024, 32, 1e-6
 
 
 @dataclass
@@ -203,6 +205,7 @@ class SingleViewConfig:
 
 
 def dinov2_encoder(width: int, depth: int) -> EncoderConfig:
+    """A DINOv2 `_reg` backbone of this width and depth (MLP ratio 4, heads of width 64)."""
     return EncoderConfig(hidden_size=width, num_layers=depth, num_heads=width // DINOV2_HEAD_WIDTH,
                          intermediate_size=4 * width, patch_size=DINOV2_PATCH, image_size=DINOV2_IMAGE_SIZE,
                          layer_norm_eps=1e-6, image_mean=NO_NORMALISATION_MEAN, image_std=NO_NORMALISATION_STD,
@@ -210,6 +213,7 @@ def dinov2_encoder(width: int, depth: int) -> EncoderConfig:
 
 
 def dino_vitb16_encoder() -> EncoderConfig:
+    """facebook/dino-vitb16 with its hub processor's normalisation (OpenLRM v1.0's encoder)."""
     return EncoderConfig(image_mean=DINO_HALF, image_std=DINO_HALF)  # the HF ViT-B/16 defaults otherwise
 
 
@@ -224,11 +228,11 @@ def openlrm_synthesizer(version: str, samples_per_ray: int) -> SynthesizerConfig
 
 def _openlrm(version: str, encoder: EncoderConfig, dim: int, layers: int, heads: int, triplane_dim: int,
              samples: int, source_size: int, render_size: int) -> SingleViewConfig:
-    camera = 1024
     return SingleViewConfig(
-        version=version, encoder=encoder, camera_embed_dim=camera,
-        transformer=TransformerConfig(dim=dim, num_layers=layers, num_heads=heads, low_res=32,
-                                      triplane_dim=triplane_dim, block_norm_eps=1e-6, modulation_dim=camera),
+        version=version, encoder=encoder, camera_embed_dim=OPENLRM_CAMERA_EMBED,
+        transformer=TransformerConfig(dim=dim, num_layers=layers, num_heads=heads, low_res=OPENLRM_LOW_RES,
+                                      triplane_dim=triplane_dim, block_norm_eps=OPENLRM_NORM_EPS,
+                                      modulation_dim=OPENLRM_CAMERA_EMBED),
         synthesizer=openlrm_synthesizer(version, samples), source_size=source_size, render_size=render_size)
 
 

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from lrmesh.checkpoints import CheckpointError, fit_problems, read_tensors, rename_official_key
-from lrmesh.config import (DINOV2_HEAD_WIDTH, OPENLRM_PRESETS, EncoderConfig, SingleViewConfig, TransformerConfig,
-                           dino_vitb16_encoder, dinov2_encoder, openlrm_synthesizer)
+from lrmesh.config import (DINOV2_HEAD_WIDTH, OPENLRM_NORM_EPS, OPENLRM_PRESETS, EncoderConfig, SingleViewConfig,
+                           TransformerConfig, dino_vitb16_encoder, dinov2_encoder, openlrm_synthesizer)
 from lrmesh.model.single_view import CAMERA_DIM, SingleViewLRM
 
 V11_CONFIG, V11_WEIGHTS, V10_WEIGHTS = "config.json", "model.safetensors", "model.pth"
@@ -121,7 +121,7 @@ def release_config(version: str, args: dict[str, Any], state: dict[str, Tensor],
                               f"encoder's weights ({encoder.hidden_size} wide)")
     transformer = TransformerConfig(
         dim=args["transformer_dim"], num_layers=args["transformer_layers"], num_heads=args["transformer_heads"],
-        low_res=args["triplane_low_res"], triplane_dim=args["triplane_dim"], block_norm_eps=1e-6,
+        low_res=args["triplane_low_res"], triplane_dim=args["triplane_dim"], block_norm_eps=OPENLRM_NORM_EPS,
         modulation_dim=args["camera_embed_dim"])
     cfg = SingleViewConfig(version=version, encoder=encoder, camera_embed_dim=args["camera_embed_dim"],
                            transformer=transformer,
