@@ -206,3 +206,14 @@ def test_real_size_v10_files_load(tmp_path, name):
     first = next(iter(state))
     assert float(model.transformer.pos_embed.detach()[0, 0, 0]) == float(state["transformer.pos_embed"][0, 0, 0])
     assert first.startswith("encoder.model.embeddings")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_encoder_input_is_normalised_as_each_release(version):
+    """v1.0: the facebook/dino-vitb16 processor's mean = std = 0.5, so x * 2 - 1; v1.1: the [0, 1] image as is."""
+    model = SingleViewLRM(_tiny(version, 64))
+    seen = []
+    model.encoder.forward = lambda x: seen.append(x) or torch.zeros(1)
+    image = torch.rand(1, 3, 28, 28)
+    model.encode(image)
+    torch.testing.assert_close(seen[0], image * 2 - 1 if version == "1.0" else image, rtol=0, atol=0)
