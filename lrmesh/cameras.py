@@ -97,43 +97,56 @@ def zero123pp_cameras(radius: float = ZERO123PP_RADIUS, views: Sequence[int] | N
     return cameras if views is None else cameras[list(views)]
 
 
-def _camera_points(k: Tensor, resolution: int) -> Tensor:
-    """Pixel centres of a square image lifted to the OpenGL camera plane z = -1: (N, S*S, 3), ray index r * S + c.
+def _camera_points(k: Tensor, resolution: int, region: tuple[int, int, int] | None = None) -> Tensor:
+    """Pixel centres lifted to the OpenCV camera plane z = +1 (x right, y down): (N, R*R, 2), ray index r * R + c.
 
     Pixel (row r, column c) is normalised image point ((c + 0.5) / S, (r + 0.5) / S), row 0 at the top; it
-    lifts to ((u - cx) / fx, -(v - cy) / fy, -1) (the image's v axis points down, the camera's y up).
-    k: (N, 3, 3) normalised intrinsics.
+    lifts to ((u - cx + cy s / fy - s v / fy) / fx, (v - cy) / fy) with skew s (EG3D's ray sampler).
+    k: (N, 3, 3) normalised intrinsics. `region` = (row0, col0, R): only the R x R pixels from that anchor
+    (OpenLRM's training crops); default the whole S x S image.
     """
     dtype, device = k.dtype, k.device
-    idx = torch.arange(resolution, dtype=dtype, device=device)
-    v, u = torch.meshgrid(idx, idx, indexing="ij")  # (S, S): row, column
-    u = (u.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)  # (1, S*S)
+    row0, col0, size = region if region is not None else (0, 0, resolution)
+    idx = torch.arange(size, dtype=dtype, device=device)
+    v, u = torch.meshgrid(idx + row0, idx + col0, indexing="ij")  # (R, R): row, column
+    u = (u.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)  # (1, R*R)
     v = (v.reshape(1, -1) * (1.0 / resolution) + 0.5 / resolution)
     fx, fy = k[:, 0, 0, None], k[:, 1, 1, None]
     cx, cy, skew = k[:, 0, 2, None], k[:, 1, 2, None], k[:, 0, 1, None]
-    x = (u - cx + cy * skew / fy - skew * v / fy) / fx  # (N, S*S)
+    x = (u - cx + cy * skew / fy - skew * v / fy) / fx  # (N, R*R)
     y = (v - cy) / fy
-    # OpenCV-style lift (x right, y down, z forward), then flip y and z into the OpenGL camera frame.
-    return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
+    return torch.stack([x, y], dim=-1)
 
 
-def pixel_rays(render_cameras_25: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+# OpenCV camera axes (x right, y down, z forward) -> OpenGL's (x right, y up, z backward).
+_OPENCV_TO_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+
+
+def pixel_rays(render_cameras_25: Tensor, resolution: int,
+               region: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Ray origins and unit directions through pixel centres of a square image (pixels as in `_camera_points`).
 
+    The lifted point (x, y, 1, 1) goes to the world by (c2w @ diag(1, -1, -1, 1)) as one batched 4x4 product,
+    as EG3D's ray sampler (InstantMesh, OpenLRM) computes it, so the directions are its float32 numbers.
+
     Args:
-        render_cameras_25: (N, 25) poses and normalised intrinsics.
+        render_cameras_25: (N, 25) OpenGL camera-to-world poses and normalised intrinsics.
         resolution: S.
+        region: optional (row0, col0, R) crop of the image (see `_camera_points`).
     Returns:
-        origins, directions: (N, S*S, 3) each.
+        origins, directions: (N, R*R, 3) each, in the world frame of the poses.
     """
     n = render_cameras_25.shape[0]
     c2w = render_cameras_25[:, :16].reshape(n, 4, 4)
     k = render_cameras_25[:, 16:25].reshape(n, 3, 3)
-    cam = _camera_points(k, resolution)  # (N, S*S, 3)
-    origins = c2w[:, None, :3, 3].expand(n, resolution * resolution, 3)
-    world_points = cam @ c2w[:, :3, :3].transpose(1, 2) + origins
-    directions = F.normalize(world_points - origins, dim=-1)
-    return origins.contiguous(), directions
+    xy = _camera_points(k, resolution, region)  # (N, R*R, 2)
+    ones = torch.ones_like(xy[..., :1])
+    homogeneous = torch.cat([xy, ones, ones], dim=-1)  # (N, R*R, 4), OpenCV camera frame at depth 1
+    c2w_opencv = torch.bmm(c2w, _OPENCV_TO_OPENGL.to(c2w).expand(n, 4, 4))
+    world_points = torch.bmm(c2w_opencv, homogeneous.transpose(1, 2)).transpose(1, 2)[..., :3]
+    centres = c2w[:, None, :3, 3]
+    directions = F.normalize(world_points - centres, dim=-1)
+    return centres.expand_as(directions).contiguous(), directions
 
 
 def unproject_depth(c2w: Tensor, k: Tensor, depth: Tensor) -> Tensor:
@@ -142,6 +155,48 @@ def unproject_depth(c2w: Tensor, k: Tensor, depth: Tensor) -> Tensor:
     store it) -> (N, S, S, 3). The inverse of projecting with the same camera; where depth is 0 the point is the
     camera centre."""
     n, size = depth.shape[0], depth.shape[-1]
-    cam = _camera_points(k.to(depth.dtype), size) * depth.reshape(n, -1, 1)  # (N, S*S, 3), z = -depth
+    xy = _camera_points(k.to(depth.dtype), size)  # (N, S*S, 2), OpenCV axes
+    opengl = torch.stack([xy[..., 0], -xy[..., 1], -torch.ones_like(xy[..., 0])], dim=-1)  # z = -1
+    cam = opengl * depth.reshape(n, -1, 1)  # (N, S*S, 3), z = -depth
     world = cam @ c2w[:, :3, :3].transpose(1, 2).to(depth.dtype) + c2w[:, None, :3, 3].to(depth.dtype)
     return world.reshape(n, size, size, 3)
+
+
+# OpenLRM's cameras (its inferrer): normalised focal 384 / 512 = 0.75 (3DTopia/OpenLRM issue 6: the Objaverse
+# renders' fx / w), the source camera on -y at distance 2, the video orbit at height 0.8, 160 frames.
+OPENLRM_FOCAL = 0.75
+OPENLRM_ORBIT_FRAMES = 160
+OPENLRM_ORBIT_HEIGHT = 0.8
+
+
+def _openlrm_intrinsics() -> Tensor:
+    f = OPENLRM_FOCAL
+    return torch.tensor([[f, 0.0, 0.5], [0.0, f, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+def openlrm_source_camera(distance: float = 2.0) -> Tensor:
+    """OpenLRM's canonical source camera, (1, 16): at (0, -distance, 0) looking along +y at the origin, camera up
+    = world +z (z-up world, OpenGL axes), normalised focal 0.75. Every photo is taken as seen from it."""
+    c2w = look_at_origin(torch.tensor([[0.0, -distance, 0.0]]))
+    k = _openlrm_intrinsics()
+    return torch.cat([c2w[:, :3, :].reshape(1, 12), torch.stack([k[0, 0], k[1, 1], k[0, 2], k[1, 2]])[None]], dim=1)
+
+
+def openlrm_orbit(version: str, num_frames: int = OPENLRM_ORBIT_FRAMES, distance: float = 2.0,
+                  height: float = OPENLRM_ORBIT_HEIGHT) -> Tensor:
+    """OpenLRM's video orbit as render cameras (N, 25), world frame (z up): a circle of radius
+    sqrt(distance^2 - height^2) at z = height, looking at the origin, starting in front (azimuth -90 degrees,
+    on -y, the source camera's side). v1.1: theta = linspace(-pi/2, 3 pi/2, N) in float32, so the last frame
+    repeats the first; v1.0: theta_i = 2 pi i / N - pi / 2 in float64, then float32."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    ring = math.sqrt(distance**2 - height**2)
+    if version == "1.1":
+        theta = torch.linspace(-math.pi / 2, 3 * math.pi / 2, num_frames)
+        positions = torch.stack([torch.cos(theta) * ring, torch.sin(theta) * ring,
+                                 torch.full((num_frames,), height)], dim=1)
+    else:
+        theta = [2 * math.pi * i / num_frames - math.pi / 2 for i in range(num_frames)]
+        positions = torch.tensor([[ring * math.cos(t), ring * math.sin(t), height] for t in theta])
+    c2w = look_at_origin(positions)
+    return torch.cat([c2w.reshape(-1, 16), _openlrm_intrinsics().reshape(1, 9).expand(num_frames, 9)], dim=1)

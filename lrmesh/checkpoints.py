@@ -117,7 +117,7 @@ def check_resume_checkpoint(path: Path, state_keys: set[str]) -> None:
         raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict and global_step)")
     missing, unexpected = state_keys - set(obj["state_dict"]), set(obj["state_dict"]) - state_keys
     if missing or unexpected:
-        problems = [f"{what} {_listing(sorted(keys))}" for what, keys in (("missing", missing),
+        problems = [f"{what} {listing(sorted(keys))}" for what, keys in (("missing", missing),
                                                                           ("unexpected", unexpected)) if keys]
         raise CheckpointError(f"{path}: a checkpoint of another model or configuration ({'; '.join(problems)})")
 
@@ -131,7 +131,7 @@ def official_to_lrmesh(state: dict[str, Tensor], source: str = "checkpoint") -> 
     foreign = [k for k in state if has_prefix and not k.startswith(GENERATOR_PREFIX)
                and not k.startswith(SKIPPED_PREFIXES)]
     if foreign:
-        raise CheckpointError(f"{source}: unexpected keys outside the generator: {_listing(foreign)}")
+        raise CheckpointError(f"{source}: unexpected keys outside the generator: {listing(foreign)}")
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if has_prefix:
@@ -144,11 +144,12 @@ def official_to_lrmesh(state: dict[str, Tensor], source: str = "checkpoint") -> 
             for name, part in zip("qkv", value.chunk(3, dim=0)):
                 out[f"{base}.{name}.weight"] = part
             continue
-        out[_rename(key)] = value
+        out[rename_official_key(key)] = value
     return out
 
 
-def _rename(key: str) -> str:
+def rename_official_key(key: str) -> str:
+    """One official key (InstantMesh / Hugging Face ViT names) -> ours by `OFFICIAL_RENAMES`; others unchanged."""
     for pattern, replacement in _COMPILED:
         if pattern.fullmatch(key):
             return pattern.sub(replacement, key)
@@ -191,7 +192,7 @@ def _describe(sig: dict) -> str:
     return ", ".join(parts)
 
 
-def _listing(keys: list[str], limit: int = 6) -> str:
+def listing(keys: list[str], limit: int = 6) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
@@ -199,17 +200,17 @@ def _listing(keys: list[str], limit: int = 6) -> str:
 # ------------------------------------------------------------------------------------------- loading
 def fit_problems(state: dict[str, Tensor], expected: dict[str, Tensor]) -> list[str]:
     """What keeps `state` from loading strictly where `expected` is wanted: missing / unexpected / shapes."""
-    missing = sorted(set(expected) - set(state))
+    missing = [f"{k} {list(expected[k].shape)}" for k in sorted(set(expected) - set(state))]
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)}, model expects {tuple(expected[k].shape)}"
              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
+        problems.append(f"missing keys: {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
+        problems.append(f"unexpected keys: {listing(unexpected)}")
     if wrong:
-        problems.append(f"shape mismatches: {_listing(wrong, 3)}")
+        problems.append(f"shape mismatches: {listing(wrong, 3)}")
     return problems
 
 
@@ -286,7 +287,7 @@ def hf_vit_to_lrmesh(state: dict[str, Tensor]) -> dict[str, Tensor]:
         key = key.removeprefix("vit.")
         if key.startswith(("pooler.", "classifier.")) or key == "embeddings.mask_token":
             continue
-        renamed = _rename("encoder.model." + key)
+        renamed = rename_official_key("encoder.model." + key)
         if not renamed.startswith("encoder.vit."):
             raise CheckpointError(f"not a ViT weight: {key}")
         out[renamed] = value

@@ -28,6 +28,7 @@ EXAMPLE_VIEWS = "example_views.png"
 DEFAULT_CHECKPOINT = "lrmesh-small.safetensors"
 VIDEO_RADIUS = 4.5  # the reference CLI's turntable distance
 VIDEO_ELEVATION = 20.0
+VIDEO_FRAMES, VIDEO_RESOLUTION = 120, 512
 # `lrmesh synth` view size per layout: the reference trains on 512 px renders, Zero123++ views are 320 px, and
 # 400 px is NeRF-synthetic's usual half resolution.
 SYNTH_RESOLUTION = {"training": 512, "zero123pp": 320, "blender": 400, "dtu": 400, "colmap": 400}
@@ -54,8 +55,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--texture-resolution", type=positive_int, default=1024, help="texture map side in pixels")
     p.add_argument("--video", nargs="?", const="", default=None, metavar="MP4",
                    help="also render a turntable video (default path: beside the mesh)")
-    p.add_argument("--video-frames", type=positive_int, default=120)
-    p.add_argument("--video-resolution", type=positive_int, default=512)
+    p.add_argument("--video-frames", type=positive_int, default=None, help="default 120 (OpenLRM models: its 160)")
+    p.add_argument("--video-resolution", type=positive_int, default=None,
+                   help="default 512 (OpenLRM models: the release's render size)")
     p.add_argument("--views", dest="num_views", type=int, choices=(4, 6), default=6,
                    help="use all six views or the reference's four-view subset (0, 2, 4, 5)")
     p.add_argument("--scale", type=positive_float, default=1.0,
@@ -65,11 +67,21 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    openlrm = p.add_argument_group("OpenLRM checkpoints (one photo: -c a v1.1 folder or a v1.0 model.pth)")
+    openlrm.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default 384)")
+    openlrm.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default 3.0)")
+    openlrm.add_argument("--no-rembg", dest="rembg", action="store_false",
+                         help="feed the photo exactly as OpenLRM's inference does (composite on white, resize)")
+    openlrm.add_argument("--source-size", type=int, default=None,
+                         help="encoder input size, for a model that is no released preset (224/336/448 released)")
+    openlrm.add_argument("--encoder-heads", type=int, default=None,
+                         help="encoder attention heads, for a v1.0 model whose ViT is not 768 wide")
     p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from lrmesh.checkpoints import load_model
+    from lrmesh.openlrm import openlrm_files
     from lrmesh.io.mesh import MESH_FORMATS, save_mesh
     from lrmesh.io.views import load_views
     from lrmesh.progress import Stages
@@ -78,6 +90,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix.lower() not in MESH_FORMATS:
         raise LrmeshError(f"cannot write {output.name!r}: the mesh file must end in one of {', '.join(MESH_FORMATS)}")
+    if args.checkpoint and openlrm_files(args.checkpoint):
+        return _reconstruct_openlrm(args, output)
+    if any(v is not None for v in (args.mesh_resolution, args.mesh_threshold, args.source_size, args.encoder_heads)) \
+            or not args.rembg:
+        raise LrmeshError("--mesh-resolution, --mesh-threshold, --no-rembg, --source-size and --encoder-heads "
+                          "apply to OpenLRM checkpoints only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -127,6 +145,28 @@ def _warn_blank_views(views: torch.Tensor) -> bool:
     return len(blank) == len(views)
 
 
+def _reconstruct_openlrm(args: argparse.Namespace, output: Path | None) -> int:
+    """One photo through an OpenLRM model (the logic lives in lrmesh/single_image.py)."""
+    from lrmesh.single_image import reconstruct_to_files
+
+    if len(args.views) != 1:
+        raise LrmeshError(f"an OpenLRM model reconstructs from one photo; got {len(args.views)} inputs")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    output = output or Path("outputs") / f"{Path(args.views[0]).stem}.obj"
+    video = None if args.video is None else Path(args.video) if args.video else output.with_suffix(".mp4")
+    written = reconstruct_to_files(args.views[0], args.checkpoint, output, mesh_resolution=args.mesh_resolution,
+                                   mesh_threshold=args.mesh_threshold, remove_background=args.rembg, video=video,
+                                   video_frames=args.video_frames, video_resolution=args.video_resolution,
+                                   source_size=args.source_size, encoder_heads=args.encoder_heads,
+                                   device=_resolve_device(args.device), say=say, show_progress=not args.quiet)
+    for path in written:
+        print(path)
+    return 0
+
+
 def _checkpoint_path(checkpoint: str | None, assets: Path, say) -> Path:
     """--checkpoint, or the bundled default (inside `assets`, the open ASSETS folder), said so."""
     if checkpoint:
@@ -140,9 +180,9 @@ def _write_video(mesh, args: argparse.Namespace, output: Path, say) -> list[Path
     from lrmesh.io.video import render_turntable, write_video
 
     path = Path(args.video) if args.video else output.with_suffix(".mp4")
-    say(f"lrmesh: rendering {args.video_frames} turntable frames")
-    frames = render_turntable(mesh, num_frames=args.video_frames, radius=VIDEO_RADIUS * args.scale,
-                              elevation_deg=VIDEO_ELEVATION, resolution=args.video_resolution,
+    say(f"lrmesh: rendering {args.video_frames or VIDEO_FRAMES} turntable frames")
+    frames = render_turntable(mesh, num_frames=args.video_frames or VIDEO_FRAMES, radius=VIDEO_RADIUS * args.scale,
+                              elevation_deg=VIDEO_ELEVATION, resolution=args.video_resolution or VIDEO_RESOLUTION,
                               progress=not args.quiet)
     write_video(frames, path)
     return [path]
@@ -242,7 +282,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the reconstruction model (stage 1 NeRF, stage 2 mesh)",
                        description="Train a stage from a YAML config (a file, or a name under lrmesh/configs: "
                                    "instant-nerf-large, instant-mesh-large, small-geometry, small-color, "
-                                   "small-stage2, tiny-stage1, tiny-stage2), with key=value overrides checked "
+                                   "small-stage2, tiny-stage1, tiny-stage2, openlrm-small-1.1, "
+                                   "openlrm-tiny), with key=value overrides checked "
                                    "against the config, e.g. data.root=data/objaverse optim.lr=1e-4 devices=8.")
     p.add_argument("config", help="YAML file or config name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")

@@ -36,6 +36,9 @@ class EncoderConfig:
     # (lrmesh/normalisation.py says which family uses what, and why)
     image_mean: tuple[float, float, float] = DINO_PROCESSOR.mean
     image_std: tuple[float, float, float] = DINO_PROCESSOR.std
+    # "vit": the Hugging Face ViT (DINO v1); "dinov2": DINOv2 with LayerScale and register tokens (OpenLRM v1.1)
+    architecture: Literal["vit", "dinov2"] = "vit"
+    num_registers: int = 0  # dinov2: register tokens (4 in the released `_reg` backbones)
 
 
 @dataclass
@@ -48,6 +51,10 @@ class TransformerConfig:
     low_res: int = 32  # tokens per plane side; the deconvolution doubles it
     triplane_dim: int = 80  # channels of each output plane
     mlp_ratio: float = 4.0  # MLP hidden width / dim
+    block_norm_eps: float = 1e-5  # the blocks' LayerNorms: PyTorch's default (InstantMesh), 1e-6 in OpenLRM
+    # Width of the vector that modulates every block LayerNorm (ModLN: OpenLRM's source-camera embedding);
+    # 0 = plain LayerNorms (InstantMesh, whose camera enters the encoder)
+    modulation_dim: int = 0
     # Optional, not in the reference (0 = off, as in the releases): plane tokens start from the image tokens
     # their line projects onto, read at this many points along the line and averaged over the views
     # (model/lifting.py)
@@ -72,6 +79,14 @@ class SynthesizerConfig:
     grid_scale: float = 2.1  # mesh: side of the FlexiCubes grid (spans +-grid_scale / 2)
     mesh_resolution: int = 256  # nerf: marching-cubes grid points per side
     mesh_threshold: float = 10.0  # nerf: density iso-level of the extracted surface
+    # nerf: samples outside the box get raw density float32-lowest / this, so softplus gives 0 and a mean with
+    # an in-box neighbour stays finite (InstantMesh and OpenLRM v1.0: 3; OpenLRM v1.1: 8)
+    empty_density_divisor: float = 3.0
+    # nerf: depth = sum w t / sum w (OpenLRM) instead of sum w t (InstantMesh)
+    normalize_depth: bool = False
+    # nerf: render all cameras of a call as one batch of rays, so the miss-ray limits and the depth clamp are
+    # shared by them (OpenLRM's synthesizer); otherwise one camera at a time (InstantMesh's frames)
+    render_views_jointly: bool = False
 
 
 @dataclass
@@ -151,6 +166,94 @@ PRESETS: dict[str, ModelConfig] = {
     "small": _small("mesh"),
     "small-nerf": _small("nerf"),
 }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenLRM's single-image models (model/single_view.py): v1.0 (`openlrm-{small,base,large}-obj-1.0`,
+# model.pth) and v1.1 (`openlrm-{obj,mix}-{small,base,large}-1.1`, config.json + model.safetensors).
+
+# DINOv2 `_reg` backbones: position grid stored for 518 px images (37 x 37 patches of 14), 4 registers,
+# LayerNorm eps 1e-6, head width 64 (ViT-S/14: 384 / 6, ViT-B/14: 768 / 12).
+DINOV2_IMAGE_SIZE, DINOV2_PATCH, DINOV2_REGISTERS, DINOV2_HEAD_WIDTH = 518, 14, 4, 64
+# Every released OpenLRM config: camera_embed_dim 1024, 32 x 32 query tokens per plane, LayerNorm eps 1e-6.
+OPENLRM_CAMERA_EMBED, OPENLRM_LOW_RES, OPENLRM_NORM_EPS = 1024, 32, 1e-6
+
+
+@dataclass
+class SingleViewConfig:
+    """OpenLRM's single-image LRM: a plain image encoder, the source camera's embedding modulating every
+    LayerNorm of the triplane transformer (ModLN), a triplane NeRF."""
+
+    version: Literal["1.0", "1.1"] = "1.1"  # release layout: key names, out-of-box density, video orbit
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # ViT (1.0) or DINOv2 with registers (1.1)
+    camera_embed_dim: int = 1024  # width of the source camera's embedding (Linear -> SiLU -> Linear)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)  # modulation_dim = camera_embed_dim
+    synthesizer: SynthesizerConfig = field(default_factory=SynthesizerConfig)  # kind "nerf"
+    source_size: int = 336  # the photo is resized to this square for the encoder (OpenLRM's infer config)
+    source_distance: float = 2.0  # the canonical source camera's distance to the origin (all released configs)
+    render_size: int = 288  # side of the turntable video's frames (OpenLRM's infer config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SingleViewConfig:
+        return build_config(cls, data, "openlrm")
+
+
+def dinov2_encoder(width: int, depth: int) -> EncoderConfig:
+    """A DINOv2 `_reg` backbone of this width and depth (MLP ratio 4, heads of width 64)."""
+    return EncoderConfig(hidden_size=width, num_layers=depth, num_heads=width // DINOV2_HEAD_WIDTH,
+                         intermediate_size=4 * width, patch_size=DINOV2_PATCH, image_size=DINOV2_IMAGE_SIZE,
+                         layer_norm_eps=1e-6, image_mean=FAMILY_NORMALISATION["openlrm-v1.1"].mean,
+                         image_std=FAMILY_NORMALISATION["openlrm-v1.1"].std,
+                         architecture="dinov2", num_registers=DINOV2_REGISTERS)
+
+
+def dino_vitb16_encoder() -> EncoderConfig:
+    """facebook/dino-vitb16 with its hub processor's normalisation (OpenLRM v1.0's encoder)."""
+    stats = FAMILY_NORMALISATION["openlrm-v1.0"]  # x * 2 - 1, see lrmesh/normalisation.py
+    return EncoderConfig(image_mean=stats.mean, image_std=stats.std)  # the HF ViT-B/16 defaults otherwise
+
+
+def openlrm_synthesizer(version: str, samples_per_ray: int) -> SynthesizerConfig:
+    """OpenLRM's renderer: 4-layer decoder of width 64, box [-1, 1]^3, mesh at 384^3 and density 3.0 (its infer
+    configs), out-of-box density lowest / 8 (v1.1) or / 3 (v1.0), normalised depth, views rendered together."""
+    return SynthesizerConfig(kind="nerf", hidden_dim=64, num_layers=4, samples_per_ray=samples_per_ray,
+                             box_warp=2.0, mesh_resolution=384, mesh_threshold=3.0,
+                             empty_density_divisor=8.0 if version == "1.1" else 3.0, normalize_depth=True,
+                             render_views_jointly=True)
+
+
+def _openlrm(version: str, encoder: EncoderConfig, dim: int, layers: int, heads: int, triplane_dim: int,
+             samples: int, source_size: int, render_size: int) -> SingleViewConfig:
+    return SingleViewConfig(
+        version=version, encoder=encoder, camera_embed_dim=OPENLRM_CAMERA_EMBED,
+        transformer=TransformerConfig(dim=dim, num_layers=layers, num_heads=heads, low_res=OPENLRM_LOW_RES,
+                                      triplane_dim=triplane_dim, block_norm_eps=OPENLRM_NORM_EPS,
+                                      modulation_dim=OPENLRM_CAMERA_EMBED),
+        synthesizer=openlrm_synthesizer(version, samples), source_size=source_size, render_size=render_size)
+
+
+OPENLRM_PRESETS: dict[str, SingleViewConfig] = {
+    # v1.1: the config.json of zxhezexin/openlrm-{obj,mix}-*-1.1 (both data mixes share the architecture), source
+    # and render sizes from OpenLRM's configs/infer-{s,b,l}.yaml.
+    "openlrm-small-1.1": _openlrm("1.1", dinov2_encoder(384, 12), 512, 12, 8, 32, 96, 224, 192),
+    "openlrm-base-1.1": _openlrm("1.1", dinov2_encoder(768, 12), 768, 12, 12, 48, 96, 336, 288),
+    "openlrm-large-1.1": _openlrm("1.1", dinov2_encoder(768, 12), 1024, 16, 16, 80, 128, 448, 384),
+    # v1.0: layers, width and triplane channels from OpenLRM v1.0's model card; the released model.pth files carry
+    # their own kwargs, which win over these. Assumed here (not published outside the files): 64-wide heads, a
+    # 1024 camera embedding, 128 samples per ray, source size 336.
+    "openlrm-small-obj-1.0": _openlrm("1.0", dino_vitb16_encoder(), 768, 12, 12, 32, 128, 336, 192),
+    "openlrm-base-obj-1.0": _openlrm("1.0", dino_vitb16_encoder(), 1024, 12, 16, 40, 128, 336, 192),
+    "openlrm-large-obj-1.0": _openlrm("1.0", dino_vitb16_encoder(), 1024, 16, 16, 80, 128, 336, 384),
+}
+
+
+def openlrm_preset(name: str) -> SingleViewConfig:
+    if name not in OPENLRM_PRESETS:
+        raise ConfigError(f"unknown OpenLRM preset {name!r}; choose one of {sorted(OPENLRM_PRESETS)}")
+    return copy.deepcopy(OPENLRM_PRESETS[name])
 
 
 def preset(name: str) -> ModelConfig:

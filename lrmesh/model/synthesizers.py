@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import mcubes
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lrmesh.cameras import pixel_rays
@@ -24,7 +25,7 @@ from lrmesh.config import SynthesizerConfig
 from lrmesh.geometry.flexicubes import flexicubes_extract, flexicubes_grid, surface_cube_mask
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.model.decoders import MeshDecoder, NerfDecoder, NerfSample
-from lrmesh.model.triplane import sample_triplanes
+from lrmesh.model.triplane import sample_triplanes, sample_triplanes_on_lattice
 from lrmesh.render.volume import RenderOutput, render_rays
 
 # Points per chunk for field queries: 2^18 points x 240 features x 4 bytes = 250 MB at the large preset.
@@ -55,30 +56,50 @@ class NerfSynthesizer(nn.Module):
         return self.decoder(sample_triplanes(planes, points, self.cfg.box_warp))
 
     def render(self, planes: Tensor, cameras: Tensor, resolution: int, u_stratified: Tensor | None = None,
-               u_importance: Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+               u_importance: Tensor | None = None, generator: torch.Generator | None = None,
+               backgrounds: Tensor | None = None, region: tuple[int, int, int] | None = None) -> dict[str, Tensor]:
         """Render views of each triplane.
 
         Args:
-            planes: (B, 3, C, H, W); cameras: (B, M, 25) render cameras (cameras.render_cameras).
-            u_stratified, u_importance: optional (B, M, S*S, n) random draws to inject (see render/volume.py).
+            planes: (B, 3, C, H, W); cameras: (B, M, 25) render cameras (cameras.render_cameras), world frame.
+            u_stratified, u_importance: optional (B, M, R*R, n) random draws to inject (see render/volume.py).
+            backgrounds: optional (B, M, 1 or 3) background colour per view (default white).
+            region: optional (row0, col0, R) crop of the S x S image (OpenLRM's training patches).
         Returns:
-            images_rgb (B, M, 3, S, S), images_depth (B, M, 1, S, S), images_weight (B, M, 1, S, S).
+            images_rgb (B, M, 3, R, R), images_depth (B, M, 1, R, R), images_weight (B, M, 1, R, R).
+
+        With `render_views_jointly` (OpenLRM) the M cameras of a triplane are one batch of rays, and the random
+        draws, when not injected, come in the reference's order: the coarse jitter as rand(n, M*R*R) read
+        depth-major (its `rand_like` on a permuted tensor), then the importance draws rand(M*R*R, n).
         """
         b, m = cameras.shape[:2]
+        size = resolution if region is None else region[2]
+        groups = [(i, slice(0, m)) for i in range(b)] if self.cfg.render_views_jointly else \
+            [(i, slice(j, j + 1)) for i in range(b) for j in range(m)]  # one camera per call, as InstantMesh
         out: dict[str, list[Tensor]] = {"images_rgb": [], "images_depth": [], "images_weight": []}
-        for i in range(b):
-            for j in range(m):  # one camera per call, as the reference renders frames
-                origins, dirs = pixel_rays(cameras[i, j:j + 1], resolution)
-                r = self.render_rays(planes[i:i + 1], origins[0], dirs[0],
-                                     u_stratified=None if u_stratified is None else u_stratified[i, j],
-                                     u_importance=None if u_importance is None else u_importance[i, j],
-                                     generator=generator)
-                for key, value in (("images_rgb", r.rgb), ("images_depth", r.depth), ("images_weight", r.opacity)):
-                    out[key].append(value.T.reshape(-1, resolution, resolution))
+        n_coarse = n_fine = self.cfg.samples_per_ray // 2
+        for i, views in groups:
+            origins, dirs = pixel_rays(cameras[i, views], resolution, region)  # (V, R*R, 3)
+            rays = origins.shape[0] * origins.shape[1]
+            u_s = None if u_stratified is None else u_stratified[i, views].reshape(rays, -1)
+            u_i = None if u_importance is None else u_importance[i, views].reshape(rays, -1)
+            if self.cfg.render_views_jointly and u_s is None:
+                u_s = torch.rand(n_coarse, rays, generator=generator, device=planes.device).T
+                u_i = torch.rand(rays, n_fine, generator=generator, device=planes.device)
+            bg = None
+            if backgrounds is not None:
+                bg = backgrounds[i, views, None, :].expand(-1, size * size, -1).reshape(rays, -1)
+            r = self.render_rays(planes[i:i + 1], origins.reshape(-1, 3), dirs.reshape(-1, 3), u_stratified=u_s,
+                                 u_importance=u_i, generator=generator, background=bg)
+            for key, value in (("images_rgb", r.rgb), ("images_depth", r.depth), ("images_weight", r.opacity)):
+                # (V*R*R, c) -> V images (c, R, R)
+                out[key].extend(value.reshape(-1, size * size, value.shape[-1]).transpose(1, 2)
+                                .reshape(-1, value.shape[-1], size, size).unbind(0))
         return {k: torch.stack(v).reshape(b, m, *v[0].shape) for k, v in out.items()}
 
     def render_rays(self, planes: Tensor, origins: Tensor, dirs: Tensor, u_stratified: Tensor | None = None,
-                    u_importance: Tensor | None = None, generator: torch.Generator | None = None) -> RenderOutput:
+                    u_importance: Tensor | None = None, generator: torch.Generator | None = None,
+                    background: Tensor | None = None) -> RenderOutput:
         """Volume-render rays (R, 3) through one triplane (1, 3, C, H, W): `samples_per_ray` / 2 stratified
         samples, as many importance samples, inside the box the planes span."""
         n_coarse = n_fine = self.cfg.samples_per_ray // 2
@@ -88,23 +109,26 @@ class NerfSynthesizer(nn.Module):
             return sample.sigma.reshape(*points.shape[:-1], 1), sample.rgb.reshape(*points.shape[:-1], 3)
 
         return render_rays(field, origins, dirs, n_coarse, n_fine, box_half_side=self.cfg.box_warp / 2,
-                           u_stratified=u_stratified, u_importance=u_importance, generator=generator, chunk=RAY_CHUNK)
+                           u_stratified=u_stratified, u_importance=u_importance, generator=generator, chunk=RAY_CHUNK,
+                           background=background, empty_density_divisor=self.cfg.empty_density_divisor,
+                           normalize_depth=self.cfg.normalize_depth)
 
     @torch.no_grad()
-    def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None) -> Mesh:
-        """Marching cubes on the activated density over [-1, 1]^3 at `mesh_resolution`^3, iso-level
-        `mesh_threshold`; vertex colours from the colour head. planes: (1, 3, C, H, W)."""
-        res, device = self.cfg.mesh_resolution, planes.device
-        axis = torch.linspace(-1, 1, res, device=device)
-        points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    def extract_mesh(self, planes: Tensor, with_colors: bool = True, progress: Progress | None = None,
+                     resolution: int | None = None, threshold: float | None = None) -> Mesh:
+        """Marching cubes on the activated density over [-1, 1]^3 at `resolution`^3 (default `mesh_resolution`),
+        iso-level `threshold` (default `mesh_threshold`); vertex colours from the colour head.
+        planes: (1, 3, C, H, W). The mesh is in the planes' world frame (z up)."""
+        res, device = resolution or self.cfg.mesh_resolution, planes.device
+        level = self.cfg.mesh_threshold if threshold is None else threshold
         if progress:
             progress("grid query")
-        sigma = _chunked(lambda p: self.query(planes, p[None]).sigma[0], points)
-        density = torch.nn.functional.softplus(sigma - 1).reshape(res, res, res)
+        density = self.grid_density(planes, res)
         if progress:
             progress("marching cubes")
-        verts, faces = mcubes.marching_cubes(density.cpu().numpy(), self.cfg.mesh_threshold)
-        vertices = torch.as_tensor(verts, dtype=torch.float32, device=device) / (res - 1) * 2 - 1
+        verts, faces = mcubes.marching_cubes(density.cpu().numpy(), level)
+        # index units -> [-1, 1] in float64, then float32, as the references map PyMCubes' float64 vertices
+        vertices = torch.as_tensor(verts / (res - 1) * 2 - 1, dtype=torch.float32, device=device)
         # PyMCubes already winds faces counter-clockwise seen from the low-density side (outside).
         faces = torch.as_tensor(faces.astype("int64"), device=device)
         mesh = Mesh(vertices=vertices, faces=faces)
@@ -117,6 +141,41 @@ class NerfSynthesizer(nn.Module):
     def rgb(self, planes: Tensor, points: Tensor) -> Tensor:
         """Colour at points (P, 3) -> (P, 3), chunked. planes: (1, 3, C, H, W)."""
         return _chunked(lambda p: self.query(planes, p[None]).rgb[0], points)
+
+    def grid_density(self, planes: Tensor, res: int) -> Tensor:
+        """Activated density softplus(raw - 1) on the grid linspace(-1, 1, res)^3 -> (res, res, res), [i, j, k]
+        at (x_i, y_j, z_k). planes: (1, 3, C, H, W).
+
+        The same numbers as querying every grid point (`query`), up to float32 rounding, for a fraction of the
+        work: the decoder's first layer is linear and the plane sampling is bilinear, so W1 [f0; f1; f2] =
+        W1_0 f0 + W1_1 f1 + W1_2 f2, and plane p's term depends only on the point's two coordinates on that
+        plane. Each term is computed once on the res x res lattice (`sample_triplanes_on_lattice`) and the
+        three are broadcast-added per x-slab; only the later layers run on every point, in slabs of about
+        POINT_CHUNK points.
+        """
+        axis = torch.linspace(-1, 1, res, device=planes.device)
+        first, *hidden_layers, last = [m for m in self.decoder.net if isinstance(m, nn.Linear)]  # ReLU between
+        c = planes.shape[2]
+        lattice = sample_triplanes_on_lattice(planes, axis, self.cfg.box_warp)
+        xy, xz, zy = (f @ first.weight[:, p * c:(p + 1) * c].T for p, f in enumerate(lattice))  # (res, res, H)
+        xz = xz + first.bias
+        yz = zy.transpose(0, 1).contiguous()  # (y, z, H)
+        slab = max(1, POINT_CHUNK // (res * res))
+        out = torch.empty(res, res, res, device=planes.device)
+        # Two hidden buffers reused slab after slab: fresh 64 MB tensors per op cost more in page faults than
+        # the arithmetic (measured: the broadcast add 4x, each 64x64 product 2x on the CPU).
+        width = xy.shape[-1]
+        buffers = [torch.empty(slab, res, res, width, device=planes.device) for _ in range(2)]
+        for i in range(0, res, slab):
+            n = min(slab, res - i)
+            h, spare = buffers[0][:n], buffers[1][:n].view(-1, width)
+            torch.add(xy[i:i + n, :, None], xz[i:i + n, None], out=h)
+            h = h.add_(yz[None]).relu_().view(-1, width)  # (n * res * res, H)
+            for layer in hidden_layers:
+                h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
+            # only the density row of the last layer (output 0); colours are queried at the vertices later
+            out[i:i + n] = torch.addmm(last.bias[:1], h, last.weight[:1].T).view(n, res, res)
+        return F.softplus(out - 1)
 
 
 @dataclass

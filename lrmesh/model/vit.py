@@ -1,8 +1,10 @@
 """The image encoder: a ViT (DINO ViT-B/16 weights) whose LayerNorms are modulated by the camera.
 
-LRM / InstantMesh condition the encoder on each view's camera with adaptive LayerNorm (DiT, Peebles & Xie
+InstantMesh conditions the encoder on each view's camera with adaptive LayerNorm (DiT, Peebles & Xie
 2023): a camera embedding e gives, per layer, shift and scale for the two LayerNorms,
 LN(x) * (1 + scale) + shift. The modulation heads start at zero, so an untrained model is the plain ViT.
+Built with `modulated=False` it is the plain Hugging Face ViT (OpenLRM v1.0's DINO encoder, which gets the
+camera in the triplane transformer instead).
 
 Parameter names are our own; `lrmesh.checkpoints` maps the Hugging Face `ViTModel` names (used by DINO weights
 and by the official InstantMesh checkpoints) onto them.
@@ -30,22 +32,27 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class ModulatedViTBlock(nn.Module):
-    """Pre-norm ViT block whose two LayerNorms are modulated by the camera embedding."""
+    """Pre-norm ViT block whose two LayerNorms are modulated by the camera embedding (plain if not `modulated`)."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, modulated: bool = True):
         super().__init__()
         d = cfg.hidden_size
         self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.attn = Attention(d, cfg.num_heads, qkv_bias=cfg.qkv_bias, out_bias=True)
         self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.mlp = MLP(d, cfg.intermediate_size)
-        # shift/scale for norm1 and norm2 from the camera embedding; zero-initialised (see module docstring)
-        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 4 * d))
-        nn.init.zeros_(self.adaln[1].weight)
-        nn.init.zeros_(self.adaln[1].bias)
+        self.adaln = None
+        if modulated:
+            # shift/scale for norm1 and norm2 from the camera embedding; zero-initialised (see module docstring)
+            self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 4 * d))
+            nn.init.zeros_(self.adaln[1].weight)
+            nn.init.zeros_(self.adaln[1].bias)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        # x: (N, L, D) tokens; cond: (N, D) camera embedding of each image
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        # x: (N, L, D) tokens; cond: (N, D) camera embedding of each image (None when not modulated)
+        if self.adaln is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
         shift_attn, scale_attn, shift_mlp, scale_mlp = self.adaln(cond).chunk(4, dim=1)
         x = x + self.attn(modulate(self.norm1(x), shift_attn, scale_attn))
         return x + self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -54,10 +61,11 @@ class ModulatedViTBlock(nn.Module):
 class ModulatedViT(nn.Module):
     """ViT over the patches of each view, conditioned per view on a camera embedding.
 
-    images (N, 3, H, W) normalised, cond (N, D) -> tokens (N, 1 + (H/p)(W/p), D), CLS first.
+    images (N, 3, H, W) normalised, cond (N, D) -> tokens (N, 1 + (H/p)(W/p), D), CLS first. With
+    `modulated=False` there are no adaLN heads and no cond: the Hugging Face ViTModel's last_hidden_state.
     """
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, modulated: bool = True):
         super().__init__()
         d, p = cfg.hidden_size, cfg.patch_size
         self.patch_size = p
@@ -65,7 +73,7 @@ class ModulatedViT(nn.Module):
         self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, d))
-        self.blocks = nn.ModuleList(ModulatedViTBlock(cfg) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(ModulatedViTBlock(cfg, modulated) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -83,7 +91,7 @@ class ModulatedViT(nn.Module):
             raise RuntimeError(f"position embedding resampled to {tuple(patch_pos.shape[-2:])}, expected {(h, w)}")
         return torch.cat([cls_pos, rearrange(patch_pos, "1 d h w -> 1 (h w) d")], dim=1)
 
-    def forward(self, images: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
         n, _, height, width = images.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {self.patch_size}")

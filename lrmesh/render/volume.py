@@ -8,9 +8,12 @@ The recipe (EG3D's ImportanceRenderer with TensoRF-style out-of-box filtering, M
    alpha_i = 1 - exp(-sigma_i * delta_i), T_i = prod_{j<i} (1 - alpha_j + 1e-10), w_i = alpha_i T_i.
 4. `n_importance` depths drawn by inverse-CDF from the (max-then-mean smoothed, +0.01) coarse weights,
    merged and sorted with the coarse ones, composited again.
-5. White background: rgb + (1 - sum w).
+5. Background: rgb + bg (1 - sum w), white unless a background colour is given per ray.
 
-Samples outside the box get zero colour and a density so negative that softplus gives exactly zero.
+Samples outside the box get zero colour and a density so negative that softplus gives exactly zero
+(float32 lowest / `empty_density_divisor`: 3 in InstantMesh and OpenLRM v1.0, 8 in OpenLRM v1.1).
+The depth is sum w t (InstantMesh) or, with `normalize_depth`, sum w t / sum w (OpenLRM), NaN -> inf; either
+way clamped to the range of all sample depths of the call.
 Every random draw can be injected (`u_stratified`, `u_importance`) so a render is reproducible across
 random generators; otherwise they come from `generator`.
 """
@@ -24,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# -float32 max / 3: the reference's "empty" density; large but safe to average without overflowing.
-EMPTY_DENSITY = -torch.finfo(torch.float32).max / 3
+# The references' "empty" density is float32 lowest / divisor: large but safe to average without overflowing.
+FLOAT32_LOWEST = -torch.finfo(torch.float32).max
+DEFAULT_EMPTY_DIVISOR = 3.0
 # Keeps the transmittance product away from exact zero (Mip-NeRF ray marcher).
 TRANSMITTANCE_EPS = 1e-10
 # Floor added to the smoothed coarse weights so every interval can still be sampled (NeRF importance sampling).
@@ -38,7 +42,7 @@ FieldFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # points (R, S, 3) -> raw d
 @dataclass
 class RenderOutput:
     rgb: Tensor  # (R, 3), white background composited when asked
-    depth: Tensor  # (R, 1), sum of w_i * t_i (not divided by the opacity)
+    depth: Tensor  # (R, 1), sum of w_i * t_i (divided by the opacity when normalize_depth)
     opacity: Tensor  # (R, 1), sum of w_i
 
 
@@ -80,11 +84,13 @@ def stratified_depths(t_near: Tensor, t_far: Tensor, n: int, u: Tensor) -> Tenso
     return depths + u * ((t_far - t_near) / (n - 1))
 
 
-def composite(rgb: Tensor, sigma_raw: Tensor, depths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def composite(rgb: Tensor, sigma_raw: Tensor, depths: Tensor,
+              normalize_depth: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Midpoint quadrature of the volume rendering integral.
 
     Args:
         rgb (R, S, 3), sigma_raw (R, S, 1), depths (R, S) sorted along each ray.
+        normalize_depth: depth = sum w t / sum w (OpenLRM) instead of sum w t.
     Returns:
         rgb (R, 3), depth (R, 1), opacity (R, 1), weights (R, S-1). The caller clamps the depth to the
         range of the sample depths of the whole render (so that chunking does not change it).
@@ -98,7 +104,10 @@ def composite(rgb: Tensor, sigma_raw: Tensor, depths: Tensor) -> tuple[Tensor, T
     weights = alpha * torch.cumprod(shifted, dim=-1)[:, :-1]  # (R, S-1)
     out_rgb = (weights[..., None] * rgb_mid).sum(dim=1)
     opacity = weights.sum(dim=1, keepdim=True)
-    depth = torch.nan_to_num((weights * depth_mid).sum(dim=1, keepdim=True), float("inf"))
+    depth = (weights * depth_mid).sum(dim=1, keepdim=True)
+    if normalize_depth:
+        depth = depth / opacity  # 0 / 0 for an empty ray: NaN, made +inf below and then clamped
+    depth = torch.nan_to_num(depth, float("inf"))
     return out_rgb, depth, opacity, weights
 
 
@@ -126,13 +135,13 @@ def importance_depths(depths: Tensor, weights: Tensor, u: Tensor) -> Tensor:
         return bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)
 
 
-def _query(field: FieldFn, origins: Tensor, directions: Tensor, depths: Tensor,
-           box: tuple[float, float]) -> tuple[Tensor, Tensor]:
+def _query(field: FieldFn, origins: Tensor, directions: Tensor, depths: Tensor, box: tuple[float, float],
+           empty_density: float) -> tuple[Tensor, Tensor]:
     """Field at depths along rays, with the out-of-box samples emptied -> rgb (R, S, 3), sigma (R, S, 1)."""
     points = origins[:, None] + depths[..., None] * directions[:, None]  # (R, S, 3)
     sigma, rgb = field(points)
     inside = ((points >= box[0]) & (points <= box[1])).all(dim=-1, keepdim=True)
-    sigma = torch.where(inside, sigma, torch.full_like(sigma, EMPTY_DENSITY))
+    sigma = torch.where(inside, sigma, torch.full_like(sigma, empty_density))
     rgb = torch.where(inside, rgb, torch.zeros_like(rgb))
     return rgb, sigma
 
@@ -140,8 +149,12 @@ def _query(field: FieldFn, origins: Tensor, directions: Tensor, depths: Tensor,
 def render_rays(field: FieldFn, origins: Tensor, directions: Tensor, n_coarse: int, n_importance: int,
                 box_half_side: float = 1.0, white_background: bool = True, u_stratified: Tensor | None = None,
                 u_importance: Tensor | None = None, generator: torch.Generator | None = None,
-                chunk: int = 8192) -> RenderOutput:
-    """Render rays (R, 3) through a field in the box [-h, h]^3; see the module docstring for the recipe."""
+                chunk: int = 8192, background: Tensor | None = None,
+                empty_density_divisor: float = DEFAULT_EMPTY_DIVISOR, normalize_depth: bool = False) -> RenderOutput:
+    """Render rays (R, 3) through a field in the box [-h, h]^3; see the module docstring for the recipe.
+
+    `background` (R, 1) or (R, 3) replaces the white background when given (OpenLRM's random backgrounds).
+    """
     r, device = origins.shape[0], origins.device
     if u_stratified is None:
         u_stratified = torch.rand(r, n_coarse, generator=generator, device=device)
@@ -150,22 +163,25 @@ def render_rays(field: FieldFn, origins: Tensor, directions: Tensor, n_coarse: i
     # Ray limits use statistics over all rays, so they are computed before chunking.
     t_near, t_far = ray_box_limits(origins, directions, box_half_side)
     box = (-box_half_side, box_half_side)
+    empty = FLOAT32_LOWEST / empty_density_divisor
     outputs, depth_lo, depth_hi = [], float("inf"), -float("inf")
     for s in range(0, r, chunk):
         o, d = origins[s:s + chunk], directions[s:s + chunk]
         depths = stratified_depths(t_near[s:s + chunk], t_far[s:s + chunk], n_coarse, u_stratified[s:s + chunk])
-        rgb, sigma = _query(field, o, d, depths, box)
+        rgb, sigma = _query(field, o, d, depths, box, empty)
         if n_importance > 0:
             weights = composite(rgb, sigma, depths)[3]
             fine = importance_depths(depths, weights, u_importance[s:s + chunk])
-            rgb_f, sigma_f = _query(field, o, d, fine, box)
+            rgb_f, sigma_f = _query(field, o, d, fine, box, empty)
             depths, order = torch.sort(torch.cat([depths, fine], dim=1), dim=1)
             rgb = torch.cat([rgb, rgb_f], dim=1).gather(1, order[..., None].expand(-1, -1, 3))
             sigma = torch.cat([sigma, sigma_f], dim=1).gather(1, order[..., None])
-        outputs.append(composite(rgb, sigma, depths)[:3])
+        outputs.append(composite(rgb, sigma, depths, normalize_depth)[:3])
         depth_lo, depth_hi = min(depth_lo, depths.min().item()), max(depth_hi, depths.max().item())
     rgb, depth, opacity = (torch.cat(parts, dim=0) for parts in zip(*outputs))
     depth = depth.clamp(depth_lo, depth_hi)
-    if white_background:
+    if background is not None:
+        rgb = rgb + background * (1 - opacity)
+    elif white_background:
         rgb = rgb + 1 - opacity
     return RenderOutput(rgb=rgb, depth=depth, opacity=opacity)

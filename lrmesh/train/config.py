@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lrmesh.config import ModelConfig, build_config, preset
+from lrmesh.config import OPENLRM_PRESETS, ModelConfig, SingleViewConfig, build_config, openlrm_preset, preset
 from lrmesh.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -34,11 +34,18 @@ class DataConfig:
     camera_noise: float = 0.02  # uniform noise on the input camera vector, +-this (reference: 0.02)
     normalize_rotation: bool = False  # rotate the world about z so the first input view sits at azimuth 0
     occupancy_points: int = 0  # points per object drawn from its occupancy.npz for the occupancy loss (0: none)
+    # OpenLRM: rotate the world about the origin so the (single) input view sits at the canonical source pose
+    # (cameras.openlrm_source_camera at the view's own distance), as its camera_normalization_objaverse does
+    canonical_source: bool = False
+    # OpenLRM: the supervision views are composited on a grey level drawn per view from these (its [0, 0.5, 1]),
+    # and rendered on the same; the input stays on white. Empty: everything on white (InstantMesh)
+    background_levels: list[float] = field(default_factory=list)
     validation_fraction: float = 0.02  # objects held out for validation images (at least one)
     num_workers: int = 2
 
 
 POINT_LOSSES = ("occupancy", "point_color")  # the loss terms computed at points, without rendering
+PLANE_LOSSES = ("tv",)  # computed on the triplanes themselves
 
 
 @dataclass
@@ -61,11 +68,14 @@ class LossConfig:
     # foreground pixels lifted with the stored depth, against the pixels' colours. Every view's colours reach the
     # colour head directly at every step, with nothing rendered.
     point_color: float = 0.0
+    # OpenLRM: total variation of the triplanes (losses.plane_tv; its train-sample config: 5e-4)
+    tv: float = 0.0
 
     @property
     def needs_renders(self) -> bool:
         """Whether any rendering loss is on (all off: a step renders nothing; only the point losses train)."""
-        return any(getattr(self, f.name) > 0 for f in dataclasses.fields(self) if f.name not in POINT_LOSSES)
+        return any(getattr(self, f.name) > 0 for f in dataclasses.fields(self)
+                   if f.name not in POINT_LOSSES + PLANE_LOSSES)
 
 
 @dataclass
@@ -81,7 +91,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     stage: Literal[1, 2] = 1  # 1: NeRF synthesizer; 2: mesh synthesizer (FlexiCubes)
-    model_preset: str = "instant-nerf-large"  # lrmesh.config preset for a fresh model
+    # lrmesh.config preset for a fresh model: an InstantMesh one, or an OpenLRM single-image one (`openlrm-*`,
+    # stage 1 only: its model is a NeRF)
+    model_preset: str = "instant-nerf-large"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields, nested
     init: str = ""  # stage-1 checkpoint for stage 2, or any checkpoint to fine-tune; "" starts from scratch
     encoder_weights: str = ""  # Hugging Face DINO ViT weights for a fresh encoder (optional)
@@ -103,7 +115,14 @@ class TrainConfig:
     seed: int = 42
     output: str = "runs/train"
 
-    def model_config(self) -> ModelConfig:
+    @property
+    def single_image(self) -> bool:
+        """An OpenLRM single-image model (one input view, ModLN transformer) rather than InstantMesh."""
+        return self.model_preset in OPENLRM_PRESETS
+
+    def model_config(self) -> ModelConfig | SingleViewConfig:
+        if self.single_image:
+            return SingleViewConfig.from_dict(_merge(openlrm_preset(self.model_preset).to_dict(), self.model, "model"))
         base = preset(self.model_preset).to_dict()
         kind = "nerf" if self.stage == 1 else "mesh"
         merged = _merge(base, self.model, "model")
@@ -179,5 +198,15 @@ def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainCon
         raise ConfigError("loss.occupancy needs points: set data.occupancy_points (e.g. 4096)")
     if not cfg.loss.needs_renders and all(getattr(cfg.loss, name) <= 0 for name in POINT_LOSSES):
         raise ConfigError("every loss weight is zero: nothing to train")
+    if cfg.single_image and (cfg.stage != 1 or cfg.data.num_input_views != 1):
+        raise ConfigError(f"{cfg.model_preset} is a single-image NeRF model: it needs stage 1 and "
+                          f"data.num_input_views 1 (got stage {cfg.stage}, {cfg.data.num_input_views} views)")
+    if cfg.single_image and cfg.data.input_size != cfg.model_config().source_size:
+        raise ConfigError(f"data.input_size {cfg.data.input_size} must be the model's source_size "
+                          f"{cfg.model_config().source_size} (the size it reconstructs from)")
+    if cfg.data.canonical_source and cfg.data.num_input_views != 1:
+        raise ConfigError("data.canonical_source re-poses the world for one input view: set data.num_input_views 1")
+    if any(not 0 <= level <= 1 for level in cfg.data.background_levels):
+        raise ConfigError(f"data.background_levels must lie in [0, 1], got {cfg.data.background_levels}")
     cfg.model_config()  # model overrides are checked now, not at the first step
     return cfg

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from lrmesh.cameras import intrinsics_matrix
+from lrmesh.cameras import intrinsics_matrix, openlrm_source_camera
 from lrmesh.data.multiview import (
     OCCUPANCY_FILE,
     TRAINING_CAMERAS,
@@ -86,6 +86,16 @@ def crop_intrinsics(k: Tensor, x0: float, y0: float, width: float) -> Tensor:
 def encoder_camera(c2w: Tensor, k: Tensor) -> Tensor:
     """(4, 4) pose and (3, 3) normalised intrinsics -> the 16-d encoder camera (12 pose numbers, fx fy cx cy)."""
     return torch.cat([c2w[:3].reshape(12), torch.stack([k[0, 0], k[1, 1], k[0, 2], k[1, 2]])])
+
+
+def canonical_source_transform(source_c2w: Tensor) -> Tensor:
+    """The world transform (4, 4) that takes an OpenGL pose looking at the origin to OpenLRM's canonical
+    source pose at the same distance (cameras.openlrm_source_camera): canonical @ inverse(source). It fixes the
+    origin, so it is a rotation; apply it to every pose, normal and point of the object."""
+    distance = float(source_c2w[:3, 3].norm())
+    canonical = torch.eye(4)
+    canonical[:3] = openlrm_source_camera(distance)[0, :12].reshape(3, 4)
+    return canonical @ torch.linalg.inv(source_c2w)
 
 
 def z_rotation(angle: float) -> Tensor:
@@ -196,11 +206,17 @@ class MultiviewDataset(Dataset):
         if len(inputs) < cfg.num_input_views or len(targets) < cfg.num_target_views:
             raise IndexError(f"{total} views, need {cfg.num_input_views} inputs + {cfg.num_target_views} targets")
         views = read_object(folder, inputs + targets)
+        rotation = None  # the world transform applied to the views, for the occupancy points
         if cfg.normalize_rotation:
             eye = views.c2w[0, :3, 3]
             rotation = z_rotation(-math.atan2(float(eye[1]), float(eye[0])))
             views.c2w = rotation @ views.c2w
             views.normal = torch.einsum("ij,njhw->nihw", rotation[:3, :3], views.normal)
+        if cfg.canonical_source:
+            repose = canonical_source_transform(views.c2w[0])
+            views.c2w = repose @ views.c2w
+            views.normal = torch.einsum("ij,njhw->nihw", repose[:3, :3], views.normal)
+            rotation = repose if rotation is None else repose @ rotation
         n_in = len(inputs)
         k = torch.stack([intrinsics_matrix(float(f)) for f in views.fov])  # (N, 3, 3)
 
@@ -234,13 +250,18 @@ class MultiviewDataset(Dataset):
             return _resize(x, full, smooth)[..., py:py + c, px:px + c]
 
         target_k = torch.stack([crop_intrinsics(kk, px / full, py / full, c / full) for kk in k])
-        extra = {}
+        extra, target_rgb = {}, views.rgb
+        if cfg.background_levels:  # OpenLRM: each supervision view on its own grey, the input on white
+            levels = torch.tensor(rng.choice(cfg.background_levels, size=len(views.rgb)), dtype=torch.float32)
+            background = levels[:, None, None, None]
+            target_rgb = views.rgb - (1 - views.alpha) * (1 - background)  # c a + (1 - a) -> c a + bg (1 - a)
+            extra["target_backgrounds"] = levels[:, None]  # (T, 1)
         if cfg.occupancy_points > 0:  # drawn last, so the draws above are the same with or without it
-            extra = self.occupancy(folder, rng, rotation if cfg.normalize_rotation else None)
+            extra.update(self.occupancy(folder, rng, rotation))
         return {
             "input_images": images,  # (V, 3, S, S)
             "input_cameras": cameras,  # (V, 16)
-            "target_images": crop(views.rgb, True),  # (T, 3, C, C), inputs first
+            "target_images": crop(target_rgb, True),  # (T, 3, C, C), inputs first
             "target_alphas": crop(views.alpha, False),  # (T, 1, C, C)
             "target_depths": crop(views.depth, False),  # (T, 1, C, C)
             "target_normals": crop(views.normal, False),  # (T, 3, C, C) world, [-1, 1]

@@ -1,6 +1,6 @@
 """Training losses of the two stages (InstantMesh, Xu et al. 2024, sec. 3.3; weights in `LossConfig`).
 
-Stage 1: L = L_mse + w_lpips L_lpips + w_mask L_mask on rendered crops.
+Stage 1: L = L_mse + w_lpips L_lpips + w_mask L_mask on rendered crops (OpenLRM: + w_tv TV of the planes).
 Stage 2 adds L1 depth and normal consistency on covered pixels, and the FlexiCubes regularisers: the
 sign-flip cross-entropy on grid edges (Shen et al. 2023, FlexiCubes eq. 9's L_sdf), the dual-vertex deviation
 L_dev, and the weight magnitude.
@@ -61,3 +61,13 @@ def normal_consistency(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def _object_mean(total: Tensor, count: Tensor) -> Tensor:
     """total (B,) / count (B,) per object, 0 where count is 0, then the mean over the B objects."""
     return torch.where(count > 0, total / count.clamp(min=1), 0.0).mean()
+
+
+def plane_tv(planes: Tensor) -> Tensor:
+    """Total variation of triplanes (B, 3, C, H, W), OpenLRM's TVLoss: per plane, the mean squared difference
+    of vertically and of horizontally adjacent texels (each over all its differences), summed, then averaged
+    over the planes and the batch."""
+    x = planes.flatten(0, 1)  # (B*3, C, H, W)
+    vertical = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(1, 2, 3))
+    horizontal = (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean(dim=(1, 2, 3))
+    return (vertical + horizontal).mean()

@@ -27,6 +27,8 @@ from lrmesh.config import EncoderConfig
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.flexicubes import flexicubes_extract, surface_cube_mask
 from lrmesh.model.lrm import LRM
+from lrmesh.model.single_view import SingleViewLRM
+from lrmesh.openlrm import load_openlrm, save_release
 from lrmesh.model.triplane import sample_triplanes
 from lrmesh.render.raster import antialias, interpolate, project_intrinsics, rasterize
 from lrmesh.render.shaded import FAR, NEAR
@@ -54,10 +56,17 @@ class Rendered:
     planes: Tensor | None = None  # (B, 3, C, H, W) the triplanes rendered (set by `ReconstructionModule.forward`)
 
 
-def build_model(cfg: TrainConfig) -> LRM:
+def build_model(cfg: TrainConfig) -> LRM | SingleViewLRM:
     """A fresh model of the config's preset, or `cfg.init` loaded (a stage-1 NeRF checkpoint is converted into
-    the mesh model for stage 2, see `nerf_to_mesh_state`)."""
+    the mesh model for stage 2, see `nerf_to_mesh_state`; an OpenLRM release for an OpenLRM preset)."""
     model_cfg = cfg.model_config()
+    if cfg.single_image:
+        if not cfg.init:
+            return SingleViewLRM(model_cfg)
+        model = load_openlrm(cfg.init, source_size=model_cfg.source_size)
+        if model.cfg != model_cfg:
+            raise LrmeshError(f"{cfg.init} is not the {cfg.model_preset} model (with the config's overrides)")
+        return model
     model = LRM(model_cfg)
     if cfg.init:
         source = load_model(cfg.init)
@@ -123,13 +132,16 @@ class ReconstructionModule(L.LightningModule):
         self.last_checkpoint: str | None = None
 
     # -------------------------------------------------------------------------------------------- rendering
-    def render(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: Generators) -> Rendered:
+    def render(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: Generators,
+               backgrounds: Tensor | None = None) -> Rendered:
         if self.model.kind == "nerf":
-            return self.render_nerf(planes, c2w, k, size, generator)
+            return self.render_nerf(planes, c2w, k, size, generator, backgrounds)
         return self.render_mesh(planes, c2w, k, size)
 
-    def render_nerf(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: Generators) -> Rendered:
-        """planes (B, 3, C, H, W), c2w (B, T, 4, 4), k (B, T, 3, 3) -> Rendered with (B, T, ., size, size).
+    def render_nerf(self, planes: Tensor, c2w: Tensor, k: Tensor, size: int, generator: Generators,
+                    backgrounds: Tensor | None = None) -> Rendered:
+        """planes (B, 3, C, H, W), c2w (B, T, 4, 4), k (B, T, 3, 3) -> Rendered with (B, T, ., size, size);
+        backgrounds (B, T, 1): grey level per view (OpenLRM's random backgrounds), default white.
 
         `generator`: one per object (training: `sample_generators`), or one drawn from for each object in turn.
         The sample draws are made up front: a checkpointed view recomputed in the backward pass must place its
@@ -143,8 +155,9 @@ class ReconstructionModule(L.LightningModule):
         # u[0]: stratified, u[1]: importance draws
 
         def view(p: Tensor, j: int) -> tuple[Tensor, Tensor, Tensor]:
+            bg = None if backgrounds is None else backgrounds[:, j:j + 1]
             out = synth.render(p, cameras[:, j:j + 1], size, u_stratified=u[0, :, j:j + 1],
-                               u_importance=u[1, :, j:j + 1])
+                               u_importance=u[1, :, j:j + 1], backgrounds=bg)
             return out["images_rgb"], out["images_depth"], out["images_weight"]
 
         if self.cfg.gradient_checkpointing and self.training:
@@ -209,10 +222,18 @@ class ReconstructionModule(L.LightningModule):
                         regularizers=regs)
 
     # --------------------------------------------------------------------------------------------- training
+    def planes(self, batch: dict[str, Tensor]) -> Tensor:
+        """Triplanes of the batch's inputs: six views and cameras (InstantMesh), or the first view and its
+        camera (OpenLRM's single image at the canonical source camera)."""
+        if isinstance(self.model, SingleViewLRM):
+            return self.model.forward_planes(batch["input_images"][:, 0], batch["input_cameras"][:, 0])
+        return self.model.forward_planes(batch["input_images"], batch["input_cameras"])
+
     def forward(self, batch: dict[str, Tensor], generator: Generators = None) -> Rendered:
-        planes = self.model.forward_planes(batch["input_images"], batch["input_cameras"])
+        planes = self.planes(batch)
         size = batch["target_images"].shape[-1]
-        rendered = self.render(planes, batch["target_c2w"], batch["target_intrinsics"], size, generator)
+        rendered = self.render(planes, batch["target_c2w"], batch["target_intrinsics"], size, generator,
+                               batch.get("target_backgrounds"))
         rendered.planes = planes
         return rendered
 
@@ -237,6 +258,8 @@ class ReconstructionModule(L.LightningModule):
             terms["occupancy"] = w.occupancy * F.binary_cross_entropy_with_logits(logits, batch["occupancy_inside"])
         if w.point_color > 0:
             terms["point_color"] = w.point_color * self.point_color_loss(planes, batch)
+        if w.tv > 0:
+            terms["tv"] = w.tv * losses.plane_tv(planes)
         return terms
 
     def point_color_loss(self, planes: Tensor, batch: dict[str, Tensor]) -> Tensor:
@@ -286,7 +309,7 @@ class ReconstructionModule(L.LightningModule):
             rendered = self(batch, self.sample_generators(batch["sample_index"]))
             planes = rendered.planes
         else:  # point losses alone (occupancy, point colour): no rendering at all
-            rendered, planes = None, self.model.forward_planes(batch["input_images"], batch["input_cameras"])
+            rendered, planes = None, self.planes(batch)
         terms = self.compute_losses(rendered, batch, planes)
         loss = sum(terms.values())
         # What is logged and checked is the mean over devices: the loss of the whole step's batch. Every device
@@ -349,7 +372,9 @@ class ReconstructionModule(L.LightningModule):
         """Beside every Lightning checkpoint, the model alone as safetensors + config (what `lrmesh reconstruct`
         and `lrmesh evaluate` load)."""
         checkpoint["lrmesh_train_config"] = self.cfg.to_dict()
-        if self.global_rank == 0:
+        if self.global_rank == 0 and isinstance(self.model, SingleViewLRM):
+            save_release(self.model, Path(self.cfg.output) / "openlrm")  # OpenLRM's own layout
+        elif self.global_rank == 0:
             save_model(self.model, Path(self.cfg.output) / ("stage1.safetensors" if self.model.kind == "nerf"
                                                             else "stage2.safetensors"))
 

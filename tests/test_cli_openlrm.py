@@ -1,0 +1,75 @@
+"""`lrmesh reconstruct PHOTO -c OPENLRM_MODEL`: the reference's own PLY from the same photo and weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from lrmesh.cli import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "openlrm-tiny"
+PHOTO = FIXTURE / "object_rgba.png"
+# What the release files cannot say for these tiny models (tests/fixtures/openlrm-tiny/README.md, "Models").
+CASES = {
+    "v11-sep": (FIXTURE / "v11-sep", ["--source-size", "224"]),
+    "v11-packed": (FIXTURE / "v11-packed", ["--source-size", "336"]),
+    "v10": (FIXTURE / "v10" / "model.pth", ["--encoder-heads", "2"]),
+}
+MESH_ARGS = ["--mesh-resolution", "48", "--mesh-threshold", "3.0"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reconstruct_gives_the_reference_ply(tmp_path, capsys, name):
+    checkpoint, extra = CASES[name]
+    out = tmp_path / "mesh.ply"
+    code = main(["reconstruct", str(PHOTO), "-c", str(checkpoint), *MESH_ARGS, "--no-rembg", "-o", str(out), *extra])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    ours = trimesh.load(out, process=False)
+    ref = trimesh.load(FIXTURE / name / "mesh_reference_rgba.ply", process=False)
+    assert ours.vertices.shape == ref.vertices.shape and ours.faces.shape == ref.faces.shape
+    np.testing.assert_array_equal(ours.faces, ref.faces)
+    assert np.abs(ours.vertices - ref.vertices).max() <= 1e-4  # same frame: OpenLRM's own, unchanged
+    colors, ref_colors = ours.visual.vertex_colors.astype(int), ref.visual.vertex_colors.astype(int)
+    assert np.abs(colors - ref_colors).max() <= 1
+
+
+def test_licence_notice_on_stderr_and_not_when_quiet(tmp_path, capsys):
+    import lrmesh.openlrm as openlrm
+
+    checkpoint, extra = CASES["v11-packed"]
+    openlrm._notice_shown = False
+    args = ["reconstruct", str(PHOTO), "-c", str(checkpoint), "--mesh-resolution", "16", "-o",
+            str(tmp_path / "m.obj"), *extra]
+    assert main(args + ["-q"]) == 0
+    assert "CC BY-NC 4.0" not in capsys.readouterr().err
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("CC BY-NC 4.0") == 1
+
+
+def test_default_path_takes_the_photo_alpha_and_the_video(tmp_path, capsys):
+    checkpoint, extra = CASES["v11-sep"]
+    out = tmp_path / "mesh.glb"
+    code = main(["reconstruct", str(PHOTO), "-c", str(checkpoint), *MESH_ARGS, "-o", str(out), "--video",
+                 "--video-frames", "4", "--video-resolution", "16", "-q", *extra])
+    assert code == 0
+    assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".mp4"))]
+    assert out.with_suffix(".mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    ([str(FIXTURE / "object_rgb.png"), "-c", str(FIXTURE / "v11-sep"), "--source-size", "224"],
+     "give an RGBA photo"),
+    ([str(PHOTO), str(PHOTO), "-c", str(FIXTURE / "v11-sep"), "--source-size", "224"], "one photo; got 2"),
+    ([str(PHOTO), "-c", str(FIXTURE / "v11-sep")], "--source-size"),
+    ([str(PHOTO), "--mesh-resolution", "48"], "apply to OpenLRM checkpoints only"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    out = tmp_path / "m.ply"
+    assert main(["reconstruct", *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("lrmesh: error: ") and message in err
+    assert not out.exists()
