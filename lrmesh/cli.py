@@ -14,6 +14,7 @@ from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
 from lrmesh.options import (
     SEED_MAX,
+    int_at_least,
     Parser,
     positive_float,
     positive_int,
@@ -68,13 +69,14 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     openlrm = p.add_argument_group("OpenLRM checkpoints (one photo: -c a v1.1 folder or a v1.0 model.pth)")
-    openlrm.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default 384)")
-    openlrm.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default 3.0)")
+    openlrm.add_argument("--mesh-resolution", type=int_at_least(2), default=None,
+                         help="marching-cubes grid side (default 384)")
+    openlrm.add_argument("--mesh-threshold", type=positive_float, default=None, help="density iso-level (default 3.0)")
     openlrm.add_argument("--no-rembg", dest="rembg", action="store_false",
                          help="feed the photo exactly as OpenLRM's inference does (composite on white, resize)")
-    openlrm.add_argument("--source-size", type=int, default=None,
+    openlrm.add_argument("--source-size", type=positive_int, default=None,
                          help="encoder input size, for a model that is no released preset (224/336/448 released)")
-    openlrm.add_argument("--encoder-heads", type=int, default=None,
+    openlrm.add_argument("--encoder-heads", type=positive_int, default=None,
                          help="encoder attention heads, for a v1.0 model whose ViT is not 768 wide")
     p.set_defaults(func=cmd_reconstruct)
 
