@@ -133,10 +133,12 @@ def test_pixel_losses_are_means_over_objects_so_a_split_batch_averages():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    """Three objects (two to train on, one held out), and a copy whose first training object is unreadable."""
+    """Three objects (two to train on, one held out; no occupancy: the tiny presets render), and a copy whose first
+    training object is unreadable."""
     root = tmp_path_factory.mktemp("ddp-data")
     for seed in range(3):
-        write_object(random_object(seed), root / "good", f"obj{seed}", "training", 10, 32, seed, "test")
+        write_object(random_object(seed), root / "good", f"obj{seed}", "training", 10, 32, seed, "test",
+                     occupancy=False)
     shutil.copytree(root / "good", root / "broken")
     (root / "broken" / "rendering_random_32views" / "obj0" / "cameras.npz").unlink()
     return {"good": root / "good", "broken": root / "broken"}
