@@ -35,16 +35,28 @@ def error_line(capsys) -> str:
 
 
 @pytest.mark.parametrize("image, extra", [("input_rgba.png", []), ("input_preprocessed.png", ["--no-rembg"])])
-def test_views_grid_equals_the_reference(z123_dir, tmp_path, capsys, image, extra):
+def test_views_grid_equals_the_reference(z123_dir, tmp_path, capsys, monkeypatch, image, extra):
+    monkeypatch.setattr("lrmesh.zero123pp.folder._notices_shown", set())  # as in a fresh process
     out = tmp_path / "grid.png"
     code = main(["views", str(z123_dir / image), *model_args(z123_dir), "--steps", "3", "--seed", "42",
                  "--device", "cpu", "-o", str(out), *extra])
     assert code == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out)
-    assert captured.err.count(LICENCE) <= 1  # once per process: the first test prints it
+    assert captured.err.count(LICENCE) == 1
     grid = np.asarray(Image.open(out))
     assert_grid_matches(grid, np.asarray(Image.open(z123_dir / "grid_reference.png")))
+
+
+def test_licence_notice_is_said_once(monkeypatch):
+    from lrmesh.zero123pp.folder import LICENCE_NOTICE, notice_once
+
+    monkeypatch.setattr("lrmesh.zero123pp.folder._notices_shown", set())
+    lines = []
+    notice_once(lines.append)
+    notice_once(lines.append)
+    notice_once(None)
+    assert lines == [LICENCE_NOTICE] and LICENCE in LICENCE_NOTICE
 
 
 def test_missing_and_partial_model_folders(z123_dir, tmp_path, capsys):
