@@ -110,7 +110,7 @@ def run_openlrm(device: torch.device, preset_name: str, resolution: int, baselin
 
     torch.manual_seed(0)
     model = SingleViewLRM(openlrm_preset(preset_name)).eval().to(device)
-    image = prepare_photo(load_photo(OPENLRM_PHOTO), model.cfg.source_size, remove_background=False).to(device)
+    image = prepare_photo(load_photo(OPENLRM_PHOTO), model.cfg.source_size).to(device)
     _set_density_fraction(model, image, inside_fraction)
     stages = Stages(device, show=True)
     cpu = CpuClock(stages)

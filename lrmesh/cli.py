@@ -10,18 +10,18 @@ from pathlib import Path
 
 import torch
 
-from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
 from lrmesh.options import (
     SEED_MAX,
-    int_at_least,
     Parser,
+    int_at_least,
     positive_float,
     positive_int,
     seed_int,
     writable_file,
     writable_folder,
 )
+from lrmesh.zero123pp.command import add_photo_options, add_views_parser
 
 ASSETS = resources.files("lrmesh") / "assets"
 EXAMPLE_VIEWS = "example_views.png"
@@ -47,7 +47,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="six views (or a Zero123++ grid) -> textured mesh",
                        description="Reconstruct a mesh from a Zero123++ view grid (640x960), a folder of six views, "
                                    "or six image files. Without arguments: the bundled example.")
-    p.add_argument("views", nargs="*", help="grid image, folder, or view files (default: bundled example)")
+    p.add_argument("views", nargs="*", help="grid image, folder, or view files (default: bundled example); or one "
+                                           "photo, made into six views first (see `lrmesh views`)")
     p.add_argument("-c", "--checkpoint", help="official InstantMesh .ckpt or lrmesh .safetensors "
                                               "(default: the bundled small lrmesh model)")
     p.add_argument("--config", help="reference-format YAML for the checkpoint (default: inferred from it)")
@@ -68,12 +69,12 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    openlrm = p.add_argument_group("OpenLRM checkpoints (one photo: -c a v1.1 folder or a v1.0 model.pth)")
+    add_photo_options(p, with_seed=False)
+    openlrm = p.add_argument_group("OpenLRM checkpoints (one photo: -c a v1.1 folder or a v1.0 model.pth; "
+                                   "--no-rembg then feeds the photo exactly as OpenLRM's inference does)")
     openlrm.add_argument("--mesh-resolution", type=int_at_least(2), default=None,
                          help="marching-cubes grid side (default 384)")
     openlrm.add_argument("--mesh-threshold", type=positive_float, default=None, help="density iso-level (default 3.0)")
-    openlrm.add_argument("--no-rembg", dest="rembg", action="store_false",
-                         help="feed the photo exactly as OpenLRM's inference does (composite on white, resize)")
     openlrm.add_argument("--source-size", type=positive_int, default=None,
                          help="encoder input size, for a model that is no released preset (224/336/448 released)")
     openlrm.add_argument("--encoder-heads", type=positive_int, default=None,
@@ -82,50 +83,48 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from lrmesh.checkpoints import load_model
+    from lrmesh.io.mesh import MESH_FORMATS
     from lrmesh.openlrm import openlrm_files
-    from lrmesh.io.mesh import MESH_FORMATS, save_mesh
-    from lrmesh.io.views import load_views
     from lrmesh.progress import Stages
-    from lrmesh.reconstruct import reconstruct
+    from lrmesh.zero123pp.command import GRID_SUFFIX, api_from_args, is_single_photo, photo_views
 
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix.lower() not in MESH_FORMATS:
         raise LrmeshError(f"cannot write {output.name!r}: the mesh file must end in one of {', '.join(MESH_FORMATS)}")
     if args.checkpoint and openlrm_files(args.checkpoint):
         return _reconstruct_openlrm(args, output)
-    if any(v is not None for v in (args.mesh_resolution, args.mesh_threshold, args.source_size, args.encoder_heads)) \
-            or not args.rembg:
-        raise LrmeshError("--mesh-resolution, --mesh-threshold, --no-rembg, --source-size and --encoder-heads "
-                          "apply to OpenLRM checkpoints only")
+    if any(v is not None for v in (args.mesh_resolution, args.mesh_threshold, args.source_size, args.encoder_heads)):
+        raise LrmeshError("--mesh-resolution, --mesh-threshold, --source-size and --encoder-heads apply to OpenLRM "
+                          "checkpoints only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = _resolve_device(args.device)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
 
     with resources.as_file(ASSETS) as assets:
         view_sources = args.views or [assets / EXAMPLE_VIEWS]
-        checkpoint = _checkpoint_path(args.checkpoint, assets, say)
-        views = load_views(view_sources if len(view_sources) > 1 else view_sources[0], args.num_views)
         output = writable_file(output or Path("outputs") / f"{Path(view_sources[0]).stem}.obj", "mesh file")
         if args.video:
             writable_file(args.video, "video")
-        all_blank = _warn_blank_views(views)
-        say(f"lrmesh: loading {checkpoint}")
-        model = load_model(checkpoint, args.config).to(device)
-    subset = FOUR_VIEW_SUBSET if args.num_views == 4 else None
-    cameras = zero123pp_cameras(radius=ZERO123PP_RADIUS * args.scale, views=subset)
+        lr = api_from_args(args, checkpoint=_checkpoint_path(args.checkpoint, assets, say), config=args.config)
+        photo = is_single_photo(view_sources)
+        if photo:
+            lr.check_multiview()
+        else:
+            views = lr.grid_views(view_sources if len(view_sources) > 1 else view_sources[0], args.num_views,
+                                  args.scale)
+            _warn_blank_views(views.images)
+        model = lr.model  # loaded while the bundled checkpoint's folder is open
 
-    say(f"lrmesh: reconstructing on {device} ({model.kind} model, {views.shape[0]} views)")
-    stages = Stages(device, show=not args.quiet)
-    result = reconstruct(model, views.to(device), cameras.to(device), texture=args.texture,
-                         texture_resolution=args.texture_resolution, stages=stages)
-    mesh = result.mesh.to("cpu")
-    if mesh.num_faces == 0:
-        why = " (no view shows an object)" if all_blank else ""
-        raise LrmeshError(f"the model found no surface in these views{why} (empty mesh); nothing written")
-    written = save_mesh(mesh, output)
+    written = []
+    if photo:  # one photo: its six Zero123++ views first, the grid written beside the mesh
+        views = photo_views(lr, args, view_sources[0], args.num_views, args.scale)
+        written.append(output.with_name(output.stem + GRID_SUFFIX))
+        views.grid.save(written[-1])
+    say(f"lrmesh: reconstructing on {lr.device} ({model.kind} model, {views.images.shape[0]} views)")
+    stages = Stages(lr.device, show=not args.quiet)
+    mesh = lr.reconstruct(views, texture=args.texture, texture_resolution=args.texture_resolution, stages=stages)
+    written = lr.export(mesh, output) + written
     say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
     if args.video is not None:
         written += _write_video(mesh, args, output, say)
@@ -163,7 +162,8 @@ def _reconstruct_openlrm(args: argparse.Namespace, output: Path | None) -> int:
                                    mesh_threshold=args.mesh_threshold, remove_background=args.rembg, video=video,
                                    video_frames=args.video_frames, video_resolution=args.video_resolution,
                                    source_size=args.source_size, encoder_heads=args.encoder_heads,
-                                   device=_resolve_device(args.device), say=say, show_progress=not args.quiet)
+                                   device=_resolve_device(args.device), say=say, show_progress=not args.quiet,
+                                   foreground_ratio=args.foreground_ratio, rembg_model=args.rembg_model)
     for path in written:
         print(path)
     return 0
@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_reconstruct(sub)
+    add_views_parser(sub)
     _add_synth(sub)
     _add_evaluate(sub)
     _add_train(sub)

@@ -63,6 +63,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1] (a share of an image side, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:  # false for nan too
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
+    return value
+
+
+fraction.low, fraction.high = 0, 1  # the range, for the option sweep test
+
+
 def writable_folder(folder: str | Path, what: str = "output folder") -> Path:
     """Create `folder` (and its parents) if needed and check a file can be written in it; LrmeshError if not.
 

@@ -1,8 +1,8 @@
 """One photo in, a mesh out, with OpenLRM's single-image models (no diffusion): the pipeline behind
 `lrmesh reconstruct PHOTO -c OPENLRM_FOLDER_OR_FILE`.
 
-photo -> `prepare_photo` (foreground + recentring, or with `remove_background=False` exactly OpenLRM's own
-inference preprocessing) -> triplanes from the canonical source camera -> marching cubes on the activated
+photo -> `cut_out_photo` (the shared background removal + recentring; skipped with `remove_background=False`,
+which feeds the photo exactly as OpenLRM's own inference does) -> `prepare_photo` (OpenLRM's preprocessing) -> triplanes from the canonical source camera -> marching cubes on the activated
 density with vertex colours -> optionally the turntable video volume-rendered along OpenLRM's orbit.
 
 Output frame: OpenLRM's world, which is lrmesh's model frame: z up, the object in [-1, 1]^3, the photo taken
@@ -27,6 +27,8 @@ from lrmesh.cameras import OPENLRM_ORBIT_FRAMES, openlrm_orbit, openlrm_source_c
 from lrmesh.errors import InputError, LrmeshError
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.model.single_view import SingleViewLRM
+from lrmesh.photo import FOREGROUND_RATIO, default_u2net, read_photo
+from lrmesh.photo import prepare_photo as prepare_photo_rgba
 from lrmesh.progress import Stages
 
 # OpenLRM's inferrer renders the orbit two frames per synthesizer call (infer configs: frame_size 2) at 40 fps.
@@ -46,24 +48,18 @@ def load_photo(path: str | Path) -> Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1)[None] / 255.0
 
 
-def shared_foreground(photo: Tensor) -> Tensor:
-    """THE call site of the shared background removal + recentring (issue 18, branch `zero123pp`), to be
-    pointed at it after the merge. Until then: the photo's own alpha is the foreground, as given, not recentred;
-    a photo without alpha is refused (use --no-rembg for an image already on white)."""
-    if photo.shape[1] != 4:
-        raise InputError("background removal is not available in this build: give an RGBA photo (alpha = the "
-                         "object) or pass --no-rembg for an image already on a white background")
-    return photo
+def cut_out_photo(path: str | Path, foreground_ratio: float = FOREGROUND_RATIO,
+                  rembg_model: str | Path | None = None) -> Tensor:
+    """The shared single-image front end (lrmesh.photo, as for Zero123++): the photo's own alpha, else U2-Net, else
+    the plain-background matte; then recentred to `foreground_ratio` -> (1, 4, H, W) RGBA in [0, 1]."""
+    cut = prepare_photo_rgba(read_photo(path), True, foreground_ratio, default_u2net(rembg_model))
+    return torch.from_numpy(np.array(cut.convert("RGBA"))).permute(2, 0, 1)[None] / 255.0
 
 
-def prepare_photo(photo: Tensor, size: int, remove_background: bool = True) -> Tensor:
-    """(1, 3 or 4, H, W) in [0, 1] -> the encoder input (1, 3, size, size) in [0, 1].
-
-    With `remove_background=False` this is OpenLRM's own preprocessing: RGBA composited on white with its
-    straight alpha (rgb a + 1 - a), resized to size x size by bicubic interpolation with align_corners=True
-    (the aspect ratio is not kept), clamped to [0, 1]."""
-    if remove_background:
-        photo = shared_foreground(photo)
+def prepare_photo(photo: Tensor, size: int) -> Tensor:
+    """(1, 3 or 4, H, W) in [0, 1] -> the encoder input (1, 3, size, size) in [0, 1], as OpenLRM's own inference
+    prepares it: RGBA composited on white with its straight alpha (rgb a + 1 - a), resized to size x size by
+    bicubic interpolation with align_corners=True (the aspect ratio is not kept), clamped to [0, 1]."""
     if photo.shape[1] == 4:
         photo = photo[:, :3] * photo[:, 3:] + (1 - photo[:, 3:])
     image = F.interpolate(photo, size=(size, size), mode="bicubic", align_corners=True)
@@ -114,7 +110,9 @@ def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output:
                          mesh_threshold: float | None, remove_background: bool, video: Path | None,
                          video_frames: int | None = None, video_resolution: int | None = None,
                          source_size: int | None, encoder_heads: int | None, device: torch.device,
-                         say: Callable[[str], None] | None, show_progress: bool) -> list[Path]:
+                         say: Callable[[str], None] | None, show_progress: bool,
+                         foreground_ratio: float = FOREGROUND_RATIO,
+                         rembg_model: str | Path | None = None) -> list[Path]:
     """The CLI's OpenLRM branch: load, prepare, reconstruct, write the mesh (and the video); -> files written.
     `say` prints progress lines and the licence notice; None when quiet."""
     from lrmesh.io.mesh import save_mesh
@@ -125,10 +123,10 @@ def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output:
         raise LrmeshError(f"--mesh-resolution must be at least 2, got {mesh_resolution}")
     notice = say
     say = say or (lambda message: None)
-    photo = load_photo(photo_path)
+    photo = cut_out_photo(photo_path, foreground_ratio, rembg_model) if remove_background else load_photo(photo_path)
     say(f"lrmesh: loading {checkpoint}")
     model = load_openlrm(checkpoint, source_size=source_size, encoder_heads=encoder_heads, notice=notice).to(device)
-    image = prepare_photo(photo, model.cfg.source_size, remove_background)
+    image = prepare_photo(photo, model.cfg.source_size)
     say(f"lrmesh: reconstructing on {device} (OpenLRM {model.cfg.version}, {model.cfg.source_size} px input)")
     stages = Stages(device, show=show_progress)
     result = reconstruct_photo(model, image, mesh_resolution, mesh_threshold, stages)

@@ -60,14 +60,33 @@ def test_default_path_takes_the_photo_alpha_and_the_video(tmp_path, capsys):
     assert out.with_suffix(".mp4").stat().st_size > 0
 
 
+def test_default_path_cuts_out_a_photo_on_a_plain_background(tmp_path, capsys, monkeypatch):
+    # object_rgb.png has no alpha: the shared plain-background matte cuts it out (no U2-Net here)
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-u2net"))
+    checkpoint, extra = CASES["v11-sep"]
+    out = tmp_path / "mesh.ply"
+    assert main(["reconstruct", str(FIXTURE / "object_rgb.png"), "-c", str(checkpoint), *MESH_ARGS, "-o", str(out),
+                 "-q", *extra]) == 0
+    assert trimesh.load(out, process=False).faces.shape[0] > 0
+
+
+def _textured_photo(tmp_path):
+    from PIL import Image
+
+    noise = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "textured.png")
+    return str(tmp_path / "textured.png")
+
+
 @pytest.mark.parametrize("args,message", [
-    ([str(FIXTURE / "object_rgb.png"), "-c", str(FIXTURE / "v11-sep"), "--source-size", "224"],
-     "give an RGBA photo"),
+    (["TEXTURED", "-c", str(FIXTURE / "v11-sep"), "--source-size", "224"], "u2net.onnx"),
     ([str(PHOTO), str(PHOTO), "-c", str(FIXTURE / "v11-sep"), "--source-size", "224"], "one photo; got 2"),
     ([str(PHOTO), "-c", str(FIXTURE / "v11-sep")], "--source-size"),
     ([str(PHOTO), "--mesh-resolution", "48"], "apply to OpenLRM checkpoints only"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-u2net"))
+    args = [_textured_photo(tmp_path) if a == "TEXTURED" else a for a in args]
     out = tmp_path / "m.ply"
     assert main(["reconstruct", *args, "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

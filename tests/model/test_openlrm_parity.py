@@ -43,8 +43,8 @@ def case(request):
     model = load_openlrm(FIXTURE / path, **extra)
     with np.load(FIXTURE / request.param / "expected.npz") as data:
         expected = {k: data[k] for k in data.files}
-    images = {name: prepare_photo(load_photo(FIXTURE / f"object_{name}.png"), model.cfg.source_size,
-                                  remove_background=False) for name in PHOTOS}
+    images = {name: prepare_photo(load_photo(FIXTURE / f"object_{name}.png"), model.cfg.source_size)
+              for name in PHOTOS}
     with torch.no_grad():
         camera = openlrm_source_camera()
         planes = {name: model.forward_planes(images[name], camera) for name in PHOTOS}
