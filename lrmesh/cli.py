@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lrmesh.batch import add_batch_options, cmd_batch
 from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
 
@@ -54,10 +55,13 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_batch_options(p)
     p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    if args.batch:  # lrmesh/batch.py
+        return cmd_batch(args)
     from lrmesh.checkpoints import load_model
     from lrmesh.io.mesh import MESH_FORMATS, save_mesh
     from lrmesh.io.views import load_views
