@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lrmesh.app import add_app_parser
 from lrmesh.batch import add_batch_options, cmd_batch
 from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     _add_fit(sub)
+    add_app_parser(sub)  # lrmesh/app.py
     return parser
 
 

@@ -41,7 +41,8 @@ class JobOptions:
     texture_resolution: int = 1024  # texture map side in pixels
     num_views: int = 6  # 6, or the reference's four-view subset (views 0, 2, 4, 5)
     scale: float = 1.0  # camera radius factor: radius 4.0 x scale, as the reference's run.py
-    seed: int = 42  # torch seed set before the job
+    seed: int = 42  # torch seed set before the job (and the multi-view model's sampler seed)
+    steps: int = 75  # diffusion steps of the multi-view model, for a photo input
     video_frames: int = 120  # turntable frames, when an .mp4 output is asked for
     video_resolution: int = 512  # turntable frame side in pixels
 
@@ -66,10 +67,13 @@ class Reconstructor:
     """A loaded reconstruction model and the jobs run with it. Nothing is printed unless `say` is given."""
 
     def __init__(self, checkpoint: str | Path | None = None, config: str | Path | None = None,
-                 device: str | torch.device = "auto", say: Say | None = None):
+                 device: str | torch.device = "auto", mv_model: str | Path | None = None, say: Say | None = None):
         from lrmesh.checkpoints import load_model
         from lrmesh.cli import _resolve_device
 
+        if mv_model is not None:
+            raise LrmeshError(f"--mv-model {mv_model}: this build has no multi-view (Zero123++) pipeline yet; "
+                              "give a Zero123++ grid or six views")
         self.checkpoint = Path(checkpoint) if checkpoint else bundled_checkpoint()
         self.device = _resolve_device(str(device))
         if say is not None:
@@ -99,14 +103,17 @@ class Reconstructor:
                 raise LrmeshError(f"cannot write {path.name!r}: the output must end in one of "
                                   f"{', '.join((*MESH_FORMATS, VIDEO_SUFFIX))}")
         torch.manual_seed(options.seed)
-        views, cameras = self.read_views(sources, options)
         stages = stages or Stages(self.device, show=False)
+        stages("views")
+        views, cameras = self.read_views(sources, options)
         result = reconstruct(self.model, views.to(self.device), cameras.to(self.device), texture=options.texture,
                              texture_resolution=options.texture_resolution, stages=stages)
         mesh = result.mesh.to("cpu")
         if mesh.num_faces == 0:
             raise LrmeshError("the model found no surface in these views (empty mesh); nothing written")
+        stages("write")
         files = write_outputs(mesh, outputs, options)
+        stages.finish()
         return JobResult(files=files, views=views, mesh=mesh, stages=list(stages.records))
 
 
