@@ -215,10 +215,9 @@ def build_app(engine: Engine):
                 stages = gr.Markdown(label="stages", elem_id="stages")
             with gr.Column():
                 viewer = gr.Model3D(label="mesh", clear_color=VIEWER_BACKGROUND, height=420, elem_id="result-model")
-                with gr.Row():
-                    glb = gr.File(label="GLB", elem_id="result-glb")
-                    obj = gr.File(label="OBJ", elem_id="result-obj")
-                    ply = gr.File(label="PLY (vertex colours)", elem_id="result-ply")
+                glb = gr.File(label="GLB", elem_id="result-glb")
+                obj = gr.File(label="OBJ (a zip with MTL + PNG when textured)", elem_id="result-obj")
+                ply = gr.File(label="PLY (vertex colours)", elem_id="result-ply")
                 gallery = gr.Gallery(label="views", columns=6, height=160, elem_id="views-gallery")
                 turntable = gr.Video(label="turntable", elem_id="result-video")
 

@@ -92,7 +92,7 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     """A fresh page on the app; `page.requests` lists every URL it asked for."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 1200}, accept_downloads=True)
     tab = context.new_page()
     tab.requests = []
     tab.on("request", lambda request: tab.requests.append(request.url))
