@@ -262,5 +262,6 @@ def cmd_app(args: argparse.Namespace) -> int:
                                                        ssr_mode=False, mcp_server=False, pwa=False,
                                                        enable_monitoring=False, inbrowser=False)
     finally:
+        page.close()  # stop the server thread now rather than at interpreter exit
         shutil.rmtree(engine.root, ignore_errors=True)
     return 0
