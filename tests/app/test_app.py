@@ -67,3 +67,23 @@ def test_unknown_model_and_mv_model_are_errors(tmp_path):
     assert run_job(engine, GRID, None, "nope", 42, 75, False, False).error.startswith("lrmesh: error: unknown model")
     with pytest.raises(LrmeshError, match="no multi-view"):
         lrmesh.jobs.Reconstructor(mv_model="zero123plus")
+
+
+def test_the_page_has_its_elem_ids_and_one_job_at_a_time(tmp_path):
+    pytest.importorskip("gradio")
+    from lrmesh.app import ELEM_IDS, build_app
+
+    page = build_app(Engine(model_choices(None, None), root=tmp_path))
+    elem_ids = {c["props"].get("elem_id") for c in page.config["components"]}
+    assert set(ELEM_IDS) <= elem_ids
+    (generate,) = [fn for fn in page.fns.values() if fn.api_name == "generate"]
+    assert generate.queue and generate.concurrency_limit == 1
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    from tests.app.conftest import missing
+
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome):
+        missing("chromium")
