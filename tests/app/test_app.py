@@ -87,3 +87,16 @@ def test_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcom
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome):
         missing("chromium")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mv-model", "zero123plus"], "--mv-model zero123plus: this build has no multi-view"),
+    (["--models", "missing-folder"], "--models missing-folder: not a folder"),
+    (["--port", "70000"], "--port must be between 1 and 65535"),
+])
+def test_app_option_errors_before_serving(capsys, argv, message):
+    from lrmesh.cli import main
+
+    assert main(["app", *argv]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lrmesh: error: ") and message in line
