@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from lrmesh.app import add_app_parser
+from lrmesh.batch import add_batch_options, cmd_batch
 from lrmesh.errors import LrmeshError
 from lrmesh.options import (
     SEED_MAX,
@@ -79,10 +81,13 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                          help="encoder input size, for a model that is no released preset (224/336/448 released)")
     openlrm.add_argument("--encoder-heads", type=positive_int, default=None,
                          help="encoder attention heads, for a v1.0 model whose ViT is not 768 wide")
+    add_batch_options(p)
     p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    if args.batch:  # lrmesh/batch.py
+        return cmd_batch(args)
     from lrmesh.io.mesh import MESH_FORMATS
     from lrmesh.openlrm import openlrm_files
     from lrmesh.progress import Stages
@@ -416,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     _add_fit(sub)
+    add_app_parser(sub)  # lrmesh/app.py
     return parser
 
 
