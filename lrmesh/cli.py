@@ -50,6 +50,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--views", dest="num_views", type=int, choices=(4, 6), default=6,
                    help="use all six views or the reference's four-view subset (0, 2, 4, 5)")
     p.add_argument("--scale", type=float, default=1.0, help="camera radius factor (radius 4.0 x scale), as run.py")
+    _add_posed_inputs(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
@@ -57,10 +58,55 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
 
+def _add_posed_inputs(p: argparse.ArgumentParser) -> None:
+    """reconstruct's options for views with cameras other than Zero123++'s (lrmesh.io.orbit, lrmesh.io.posed)."""
+    p.add_argument("--orbit", choices=("sv3d",), default=None,
+                   help="the views are an SV3D orbit: a video, a folder of frames or the frame files, 21 frames, "
+                        "frame i at azimuth 360/21*i (frame 0 at azimuth 0, counter-clockwise seen from above); "
+                        "implied by a video file")
+    p.add_argument("--elevation", type=float, default=None, metavar="DEG",
+                   help="SV3D orbit elevation in degrees: 0 for SV3D_u (default), the orbit's for SV3D_p (its "
+                        "default is 10)")
+    p.add_argument("--orbit-views", type=int, default=None, metavar="K",
+                   help="use K of the 21 orbit frames, evenly spaced from frame 0 (default: all)")
+    p.add_argument("--cameras", metavar="JSON", default=None,
+                   help="VIEWS is a folder of your photos and JSON their cameras (NeRF-synthetic transforms.json, "
+                        "any world frame); the mesh is written in that world frame and its units")
+
+
+def _load_inputs(args: argparse.Namespace, sources: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """reconstruct's views (V, 3, 320, 320), encoder cameras (V, 16) in the model frame, and the similarity
+    model frame -> the cameras' world for posed photos (None: write the mesh in the model frame)."""
+    from lrmesh.io.orbit import is_video, load_sv3d_orbit
+    from lrmesh.io.posed import load_posed_photos
+    from lrmesh.io.views import load_views
+
+    orbit = args.orbit or ("sv3d" if len(sources) == 1 and is_video(sources[0]) else None)
+    if orbit is None and (args.elevation is not None or args.orbit_views is not None):
+        raise LrmeshError("--elevation and --orbit-views are for SV3D orbits (--orbit sv3d, or a video)")
+    if (orbit or args.cameras) and args.num_views != 6:
+        raise LrmeshError("--views 4 is for Zero123++ views; use --orbit-views K for an orbit")
+    radius = ZERO123PP_RADIUS * args.scale
+    if args.cameras:
+        if orbit:
+            raise LrmeshError("--cameras gives the cameras of your own photos; an SV3D orbit has its own")
+        if len(sources) != 1:
+            raise LrmeshError(f"--cameras takes one folder of photos, got {len(sources)} inputs")
+        posed = load_posed_photos(sources[0], args.cameras, radius)
+        return posed.images, posed.cameras, posed.to_world
+    if orbit:
+        posed = load_sv3d_orbit(sources if len(sources) > 1 else sources[0], args.elevation or 0.0, radius,
+                                args.orbit_views)
+        return posed.images, posed.cameras, None
+    views = load_views(sources if len(sources) > 1 else sources[0], args.num_views)
+    subset = FOUR_VIEW_SUBSET if args.num_views == 4 else None
+    return views, zero123pp_cameras(radius=radius, views=subset), None
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from lrmesh.checkpoints import load_model
     from lrmesh.io.mesh import MESH_FORMATS, save_mesh
-    from lrmesh.io.views import load_views
+    from lrmesh.io.posed import save_world_mesh
     from lrmesh.progress import Stages
     from lrmesh.reconstruct import reconstruct
 
@@ -76,11 +122,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     with resources.as_file(ASSETS) as assets:
         view_sources = args.views or [assets / EXAMPLE_VIEWS]
         checkpoint = _checkpoint_path(args.checkpoint, assets, say)
-        views = load_views(view_sources if len(view_sources) > 1 else view_sources[0], args.num_views)
+        views, cameras, to_world = _load_inputs(args, view_sources)
         say(f"lrmesh: loading {checkpoint}")
         model = load_model(checkpoint, args.config).to(device)
-    subset = FOUR_VIEW_SUBSET if args.num_views == 4 else None
-    cameras = zero123pp_cameras(radius=ZERO123PP_RADIUS * args.scale, views=subset)
 
     output = output or Path("outputs") / f"{Path(view_sources[0]).stem}.obj"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +135,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     mesh = result.mesh.to("cpu")
     if mesh.num_faces == 0:
         raise LrmeshError("the model found no surface in these views (empty mesh); nothing written")
-    written = save_mesh(mesh, output)
+    written = save_mesh(mesh, output) if to_world is None else save_world_mesh(mesh, to_world, output)
     say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
     if args.video is not None:
         written += _write_video(mesh, args, output, say)
