@@ -35,7 +35,9 @@ def _resolve_device(name: str) -> torch.device:
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="six views (or a Zero123++ grid) -> textured mesh",
                        description="Reconstruct a mesh from a Zero123++ view grid (640x960), a folder of six views, "
-                                   "or six image files. Without arguments: the bundled example.")
+                                   "or six image files; from an SV3D orbit (a video, or 21 frames with --orbit "
+                                   "sv3d); or from your own photos with --cameras transforms.json. Without "
+                                   "arguments: the bundled example.")
     p.add_argument("views", nargs="*", help="grid image, folder, or view files (default: bundled example)")
     p.add_argument("-c", "--checkpoint", help="official InstantMesh .ckpt or lrmesh .safetensors "
                                               "(default: the bundled small lrmesh model)")
