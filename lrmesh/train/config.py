@@ -26,9 +26,9 @@ class DataConfig:
     root: str = ""  # a folder in the training layout (`lrmesh synth --layout training`)
     num_input_views: int = 6  # 6, or 3 with zoom-and-crop augmentation (MindSpore port)
     input_view_ids: list[int] | None = None  # fixed input view indices (e.g. [0..5] for --zero123pp-inputs data)
-    # Random input views, so the model takes any views (issue 19; InstantMesh trains on random subsets of each
-    # object's renders): [low, high] draws each step's input count uniformly in that range (one count per batch,
-    # so samples stack) and that many views at random; null keeps num_input_views. Validation keeps the fixed
+    # Random input views, so the model learns to take any views (not in the reference, whose count is fixed):
+    # [low, high] draws each step's input count uniformly in that range (one count per batch, so samples stack)
+    # and that many of the object's views at random; null keeps num_input_views. Validation keeps the fixed
     # inputs (input_view_ids or the first num_input_views of a random order).
     random_input_views: tuple[int, int] | None = None
     # With random_input_views and input_view_ids (the Zero123++ views of --zero123pp-inputs data): the fraction of
