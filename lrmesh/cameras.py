@@ -36,7 +36,8 @@ FOUR_VIEW_SUBSET = (0, 2, 4, 5)
 SV3D_FRAMES = 21
 SV3D_RADIUS = 4.0
 SV3D_FOV = 30.0  # vertical field of view, degrees
-SV3D_P_ELEVATION = 10.0  # SV3D_p's default orbit elevation (Stability's SV3D sampling script), degrees
+SV3D_P_ELEVATION = 10.0  # SV3D_p's default orbit elevation, degrees (Stability's generative-models,
+# scripts/sampling/simple_video_sample.py: elevations_deg = 10.0)
 
 
 def look_at_origin(positions: Tensor) -> Tensor:

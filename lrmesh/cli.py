@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
+from lrmesh.cameras import FOUR_VIEW_SUBSET, SV3D_P_ELEVATION, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
 
 ASSETS = resources.files("lrmesh") / "assets"
@@ -68,7 +68,7 @@ def _add_posed_inputs(p: argparse.ArgumentParser) -> None:
                         "implied by a video file")
     p.add_argument("--elevation", type=float, default=None, metavar="DEG",
                    help="SV3D orbit elevation in degrees: 0 for SV3D_u (default), the orbit's for SV3D_p (its "
-                        "default is 10)")
+                        f"default is {SV3D_P_ELEVATION:g})")
     p.add_argument("--orbit-views", type=int, default=None, metavar="K",
                    help="use K of the 21 orbit frames, evenly spaced from frame 0 (default: all)")
     p.add_argument("--cameras", metavar="JSON", default=None,
