@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +27,17 @@ ZERO123PP_RADIUS = 4.0
 ZERO123PP_FOV = 30.0  # vertical field of view, degrees
 # The reference's 4-view mode keeps these views of the six (run.py, --view 4).
 FOUR_VIEW_SUBSET = (0, 2, 4, 5)
+
+# SV3D orbits as the MindSpore port of InstantMesh gives them to the model (mindspore-lab/mindone,
+# examples/instantmesh/utils/camera_util.py, get_sv3d_input_cameras): 21 frames, frame i at azimuth 360 / 21 * i
+# (frame 0 at azimuth 0, the input photo's side, +x), elevation 0 (SV3D_u), radius 4 (x --scale), fov 30, through
+# the same spherical look-at poses as the Zero123++ cameras. Azimuth grows from +x towards +y: seen from above
+# (+z) the orbit turns counter-clockwise.
+SV3D_FRAMES = 21
+SV3D_RADIUS = 4.0
+SV3D_FOV = 30.0  # vertical field of view, degrees
+SV3D_P_ELEVATION = 10.0  # SV3D_p's default orbit elevation, degrees (Stability's generative-models,
+# scripts/sampling/simple_video_sample.py: elevations_deg = 10.0)
 
 
 def look_at_origin(positions: Tensor) -> Tensor:
@@ -77,10 +89,20 @@ def intrinsics_matrix(fov_deg: float) -> Tensor:
     return torch.tensor([[f, 0.0, 0.5], [0.0, f, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float32)
 
 
-def encoder_cameras(c2w: Tensor, fov_deg: float = ZERO123PP_FOV) -> Tensor:
-    """The 16-d camera vectors the encoder is conditioned on: (N, 4, 4) -> (N, 16)."""
-    k = intrinsics_matrix(fov_deg).to(c2w)
-    fx_fy_cx_cy = torch.stack([k[0, 0], k[1, 1], k[0, 2], k[1, 2]]).expand(c2w.shape[0], 4)
+def encoder_cameras(c2w: Tensor, fov_deg: float | Sequence[float] | Tensor = ZERO123PP_FOV) -> Tensor:
+    """The 16-d camera vectors the encoder is conditioned on: (N, 4, 4) -> (N, 16).
+
+    fov_deg: one vertical field of view (degrees, square images, centred principal point) for every view, or one
+    per view (N,).
+    """
+    if isinstance(fov_deg, (int, float)):
+        k = intrinsics_matrix(fov_deg).to(c2w)
+        fx_fy_cx_cy = torch.stack([k[0, 0], k[1, 1], k[0, 2], k[1, 2]]).expand(c2w.shape[0], 4)
+    else:
+        fx_fy_cx_cy = torch.stack([torch.cat([k[0, :1], k[1, 1:2], k[:2, 2]])
+                                   for k in map(intrinsics_matrix, map(float, fov_deg))]).to(c2w)  # (N, 4)
+        if fx_fy_cx_cy.shape[0] != c2w.shape[0]:
+            raise ValueError(f"{fx_fy_cx_cy.shape[0]} fields of view for {c2w.shape[0]} poses")
     return torch.cat([c2w[:, :3, :].reshape(-1, 12), fx_fy_cx_cy], dim=-1)
 
 
@@ -95,6 +117,45 @@ def zero123pp_cameras(radius: float = ZERO123PP_RADIUS, views: Sequence[int] | N
     poses = orbit_poses(ZERO123PP_AZIMUTHS, ZERO123PP_ELEVATIONS, radius)
     cameras = encoder_cameras(poses)
     return cameras if views is None else cameras[list(views)]
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """`count` of `total` indices spread evenly from 0: floor(i * total / count), i = 0 .. count - 1."""
+    if not 1 <= count <= total:
+        raise ValueError(f"cannot pick {count} of {total}")
+    return [i * total // count for i in range(count)]
+
+
+def sv3d_poses(elevation_deg: float = 0.0, radius: float = SV3D_RADIUS) -> Tensor:
+    """The 21 SV3D orbit poses (see SV3D_FRAMES): frame i at azimuth 360 / 21 * i, one elevation -> (21, 4, 4)."""
+    azimuths = [360.0 / SV3D_FRAMES * i for i in range(SV3D_FRAMES)]
+    return orbit_poses(azimuths, [elevation_deg] * SV3D_FRAMES, radius)
+
+
+def sv3d_cameras(elevation_deg: float = 0.0, radius: float = SV3D_RADIUS,
+                 views: Sequence[int] | None = None) -> Tensor:
+    """Encoder cameras of an SV3D orbit (or of the frames `views` of it), model frame -> (V, 16)."""
+    cameras = encoder_cameras(sv3d_poses(elevation_deg, radius), SV3D_FOV)
+    return cameras if views is None else cameras[list(views)]
+
+
+def axes_meeting_point(c2w: np.ndarray, min_spread: float) -> np.ndarray | None:
+    """The point nearest all optical axes of OpenGL poses (N, 4, 4) (float64), or None when the axes are about
+    parallel or meet behind the cameras: no common point looked at.
+
+    Least squares: x minimises sum_i |(I - d_i d_i^T)(x - o_i)|^2 over centres o_i and unit view directions
+    d_i = -z_i, so mean_i(I - d_i d_i^T) x = mean_i (I - d_i d_i^T) o_i. That matrix's smallest eigenvalue
+    (the spread, 0 for parallel axes) must exceed `min_spread`, and x must lie in front of the cameras on average.
+    """
+    origins, axes = c2w[:, :3, 3], -c2w[:, :3, 2]
+    projectors = np.eye(3) - axes[:, :, None] * axes[:, None, :]  # (N, 3, 3)
+    spread = projectors.mean(axis=0)
+    if np.linalg.eigvalsh(spread)[0] <= min_spread:
+        return None
+    centre = np.linalg.solve(spread, (projectors @ origins[:, :, None]).mean(axis=0)[:, 0])
+    if np.mean(np.einsum("nk,nk->n", centre - origins, axes)) <= 0:
+        return None
+    return centre
 
 
 def _camera_points(k: Tensor, resolution: int, region: tuple[int, int, int] | None = None) -> Tensor:

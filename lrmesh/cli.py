@@ -12,10 +12,12 @@ import torch
 
 from lrmesh.app import add_app_parser
 from lrmesh.batch import add_batch_options, cmd_batch
+from lrmesh.cameras import SV3D_FRAMES, SV3D_P_ELEVATION, ZERO123PP_RADIUS
 from lrmesh.errors import LrmeshError
 from lrmesh.options import (
     SEED_MAX,
     Parser,
+    float_in,
     int_at_least,
     positive_float,
     positive_int,
@@ -48,7 +50,10 @@ def _resolve_device(name: str) -> torch.device:
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="six views (or a Zero123++ grid) -> textured mesh",
                        description="Reconstruct a mesh from a Zero123++ view grid (640x960), a folder of six views, "
-                                   "or six image files. Without arguments: the bundled example.")
+                                   "or six image files; from one photo (made into six views first, see `lrmesh "
+                                   "views`); from an SV3D orbit (a video, or 21 frames with --orbit sv3d); or from "
+                                   "your own photos with --cameras transforms.json. Without arguments: the bundled "
+                                   "example.")
     p.add_argument("views", nargs="*", help="grid image, folder, or view files (default: bundled example); or one "
                                            "photo, made into six views first (see `lrmesh views`)")
     p.add_argument("-c", "--checkpoint", help="official InstantMesh .ckpt or lrmesh .safetensors "
@@ -66,6 +71,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="use all six views or the reference's four-view subset (0, 2, 4, 5)")
     p.add_argument("--scale", type=positive_float, default=1.0,
                    help="camera radius factor (radius 4.0 x scale), as run.py")
+    _add_posed_inputs(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=seed_int, default=42)
     p.add_argument("--threads", type=positive_int, default=None,
@@ -85,10 +91,56 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
 
+def _add_posed_inputs(p: argparse.ArgumentParser) -> None:
+    """reconstruct's options for views with cameras other than Zero123++'s (lrmesh.io.orbit, lrmesh.io.posed)."""
+    p.add_argument("--orbit", choices=("sv3d",), default=None,
+                   help="the views are an SV3D orbit: a video, a folder of frames or the frame files, 21 frames, "
+                        "frame i at azimuth 360/21*i (frame 0 at azimuth 0, counter-clockwise seen from above); "
+                        "implied by a video file")
+    p.add_argument("--elevation", type=float_in(-90, 90), default=None, metavar="DEG",
+                   help="SV3D orbit elevation in degrees: 0 for SV3D_u (default), the orbit's for SV3D_p (its "
+                        f"default is {SV3D_P_ELEVATION:g})")
+    p.add_argument("--orbit-views", type=int_at_least(1, SV3D_FRAMES), default=None, metavar="K",
+                   help="use K of the 21 orbit frames, evenly spaced from frame 0 (default: all)")
+    p.add_argument("--cameras", metavar="JSON", default=None,
+                   help="VIEWS is a folder of your photos and JSON their cameras (NeRF-synthetic transforms.json, "
+                        "any world frame); the mesh is written in that world frame and its units")
+
+
+def _load_inputs(args: argparse.Namespace, sources: list):
+    """reconstruct's views other than one photo -> (lrmesh.api.Views: images (V, 3, 320, 320) and encoder cameras
+    (V, 16) in the model frame; the similarity model frame -> the cameras' world for posed photos, or None: the
+    mesh is written in the model frame)."""
+    from lrmesh.api import LRMesh, Views
+    from lrmesh.io.orbit import is_video, load_sv3d_orbit
+    from lrmesh.io.posed import load_posed_photos
+
+    orbit = args.orbit or ("sv3d" if len(sources) == 1 and is_video(sources[0]) else None)
+    if orbit is None and (args.elevation is not None or args.orbit_views is not None):
+        raise LrmeshError("--elevation and --orbit-views are for SV3D orbits (--orbit sv3d, or a video)")
+    if (orbit or args.cameras) and args.num_views != 6:
+        raise LrmeshError("--views 4 is for Zero123++ views; use --orbit-views K for an orbit")
+    radius = ZERO123PP_RADIUS * args.scale
+    if args.cameras:
+        if orbit:
+            raise LrmeshError("--cameras gives the cameras of your own photos; an SV3D orbit has its own")
+        if len(sources) != 1:
+            raise LrmeshError(f"--cameras takes one folder of photos, got {len(sources)} inputs")
+        posed = load_posed_photos(sources[0], args.cameras, radius)
+        return Views(posed.images, posed.cameras), posed.to_world
+    if orbit:
+        posed = load_sv3d_orbit(sources if len(sources) > 1 else sources[0], args.elevation or 0.0, radius,
+                                args.orbit_views)
+        return Views(posed.images, posed.cameras), None
+    return LRMesh.grid_views(sources if len(sources) > 1 else sources[0], args.num_views, args.scale), None
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.batch:  # lrmesh/batch.py
         return cmd_batch(args)
     from lrmesh.io.mesh import MESH_FORMATS
+    from lrmesh.io.orbit import is_video
+    from lrmesh.io.posed import save_world_mesh
     from lrmesh.openlrm import openlrm_files
     from lrmesh.progress import Stages
     from lrmesh.zero123pp.command import GRID_SUFFIX, api_from_args, is_single_photo, photo_views
@@ -112,12 +164,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if args.video:
             writable_file(args.video, "video")
         lr = api_from_args(args, checkpoint=_checkpoint_path(args.checkpoint, assets, say), config=args.config)
-        photo = is_single_photo(view_sources)
+        photo = not (args.orbit or args.cameras or is_video(view_sources[0])) and is_single_photo(view_sources)
+        to_world = None  # posed photos: model frame -> the cameras' world, for the written mesh
         if photo:
             lr.check_multiview()
         else:
-            views = lr.grid_views(view_sources if len(view_sources) > 1 else view_sources[0], args.num_views,
-                                  args.scale)
+            views, to_world = _load_inputs(args, view_sources)
             _warn_blank_views(views.images)
         model = lr.model  # loaded while the bundled checkpoint's folder is open
 
@@ -129,7 +181,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     say(f"lrmesh: reconstructing on {lr.device} ({model.kind} model, {views.images.shape[0]} views)")
     stages = Stages(lr.device, show=not args.quiet)
     mesh = lr.reconstruct(views, texture=args.texture, texture_resolution=args.texture_resolution, stages=stages)
-    written = lr.export(mesh, output) + written
+    mesh_files = lr.export(mesh, output) if to_world is None else save_world_mesh(mesh, to_world, output)
+    written = mesh_files + written
     say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
     if args.video is not None:
         written += _write_video(mesh, args, output, say)

@@ -63,18 +63,26 @@ def positive_float(text: str) -> float:
     return value
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1] (a share of an image side, say)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:  # false for nan too
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
-    return value
+def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (or (low, high] with low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (low < value if low_open else low <= value) and value <= high  # false for nan too
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {'above' if low_open else 'at least'} {low:g} and at most "
+                                             f"{high:g}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    parse.low, parse.high, parse.is_float = low, high, True  # the range, for the option sweep test
+    return parse
 
 
-fraction.low, fraction.high = 0, 1  # the range, for the option sweep test
+fraction = float_in(0, 1, low_open=True)  # a share, e.g. of an image side
 
 
 def writable_folder(folder: str | Path, what: str = "output folder") -> Path:

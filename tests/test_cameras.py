@@ -72,3 +72,55 @@ def test_unproject_depth_lands_on_the_pixel_rays_and_on_a_rasterized_sphere():
     lifted = unproject_depth(poses, k, rast.depth)[rast.mask]
     assert rast.mask.sum() > 100
     assert ((lifted - centre).norm(dim=-1) - radius).abs().max() < 0.01  # the facets' distance below the sphere
+
+
+def test_sv3d_frame_zero_sits_at_plus_x_and_the_orbit_turns_counter_clockwise_from_above():
+    from lrmesh.cameras import sv3d_cameras
+
+    cams = sv3d_cameras()
+    assert cams.shape == (21, 16)
+    f = 0.5 / math.tan(math.radians(15))
+    # Frame 0, hand-derived: at (4, 0, 0) looking down -x; camera right = z_world x back = +y, camera up = +z.
+    np.testing.assert_allclose(cams[0].numpy(), [0, 0, 1, 4, 1, 0, 0, 0, 0, 1, 0, 0, f, f, 0.5, 0.5], atol=1e-6)
+    step = math.radians(360 / 21)
+    np.testing.assert_allclose(cams[1, [3, 7, 11]].numpy(), [4 * math.cos(step), 4 * math.sin(step), 0], atol=1e-6)
+    positions = cams[:, [3, 7, 11]]
+    turn = torch.linalg.cross(positions, positions.roll(-1, 0), dim=-1)[:, 2]
+    assert (turn > 0).all()  # every step is counter-clockwise seen from +z
+    # SV3D_p: the orbit's elevation, radius 4 x scale, frames picked by index
+    p = sv3d_cameras(elevation_deg=10.0, radius=6.0, views=[0, 7])
+    np.testing.assert_allclose(p[0, [3, 7, 11]].numpy(), [6 * math.cos(math.radians(10)), 0,
+                                                          6 * math.sin(math.radians(10))], atol=1e-5)
+    assert torch.equal(p[1], sv3d_cameras(10.0, 6.0)[7])
+
+
+def test_encoder_cameras_take_one_fov_per_view():
+    from lrmesh.cameras import encoder_cameras
+
+    poses = orbit_poses([0.0, 120.0, 240.0], [10.0, 0.0, -5.0], 3.0)
+    mixed = encoder_cameras(poses, [30.0, 50.0, 30.0])
+    assert torch.equal(mixed[[0, 2]], encoder_cameras(poses, 30.0)[[0, 2]])
+    assert torch.equal(mixed[1], encoder_cameras(poses, 50.0)[1])
+
+
+def test_evenly_spaced_frames():
+    from lrmesh.cameras import evenly_spaced
+
+    assert evenly_spaced(7, 21) == [0, 3, 6, 9, 12, 15, 18]
+    assert evenly_spaced(21, 21) == list(range(21))
+    assert evenly_spaced(4, 21) == [0, 5, 10, 15]
+
+
+def test_axes_meeting_point():
+    from lrmesh.cameras import axes_meeting_point, look_at_origin
+
+    target = np.array([1.0, -2.0, 0.5])
+    c2w = look_at_origin(torch.tensor([[3.0, 0, 1], [0, 4, 0.5], [-2, -1, 2]], dtype=torch.float64)).numpy()
+    c2w[:, :3, 3] += target  # the same cameras moved: they all look at `target`
+    np.testing.assert_allclose(axes_meeting_point(c2w, 1e-3), target, atol=1e-9)
+    outward = c2w.copy()
+    outward[:, :3, :3] = -outward[:, :3, :3]  # each camera turned away (axes through target, looking outwards)
+    assert axes_meeting_point(outward, 1e-3) is None
+    parallel = np.repeat(c2w[:1], 3, axis=0)
+    parallel[:, :3, 3] += np.array([[0, 0, 0], [0, 1, 0], [0, 0, 1]])
+    assert axes_meeting_point(parallel, 1e-3) is None

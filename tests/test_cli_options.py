@@ -46,7 +46,8 @@ def _bad_values(action: argparse.Action) -> list[str]:
     if action.type is positive_float:
         return ["0", "-1.5", "nan", "inf", "x"]
     low, high = action.type.low, action.type.high
-    return [str(low - 1), "1.5", "x"] + ([str(high + 1)] if high is not None else [])
+    fractional = [] if getattr(action.type, "is_float", False) else ["1.5"]
+    return [str(low - 1), *fractional, "x"] + ([str(high + 1)] if high is not None else [])
 
 
 def _numeric_options() -> list[tuple[str, str, argparse.Action]]:

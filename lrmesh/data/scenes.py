@@ -52,6 +52,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 from torch import Tensor
 
+from lrmesh.cameras import axes_meeting_point
 from lrmesh.data import colmap
 from lrmesh.errors import InputError
 
@@ -358,15 +359,8 @@ def _pinhole(camera: colmap.Camera, source: Path) -> tuple[list[float], bool]:
 def _colmap_normalisation(c2w: np.ndarray, points: np.ndarray, folder: Path) -> np.ndarray:
     """to_world (4, 4) for the rule of the module docstring, from OpenGL poses and sparse points in COLMAP's
     world."""
-    origins, axes = c2w[:, :3, 3], -c2w[:, :3, 2]  # OpenGL cameras look down -z
-    # Least squares point nearest all optical axes: sum_i (I - d_i d_i^T) (x - o_i) = 0.
-    projectors = np.eye(3) - axes[:, :, None] * axes[:, None, :]  # (N, 3, 3)
-    spread = projectors.mean(axis=0)
-    centre = None
-    if np.linalg.eigvalsh(spread)[0] > MIN_AXIS_SPREAD:
-        centre = np.linalg.solve(spread, (projectors @ origins[:, :, None]).mean(axis=0)[:, 0])
-        if np.mean(np.einsum("nk,nk->n", centre - origins, axes)) <= 0:
-            centre = None  # behind the cameras: not a look-at point
+    origins = c2w[:, :3, 3]
+    centre = axes_meeting_point(c2w, MIN_AXIS_SPREAD)
     if centre is None:
         centre = np.median(points, axis=0) if len(points) else origins.mean(axis=0)
     upright = upright_rotation(c2w)

@@ -55,3 +55,19 @@ class Mesh:
         if self.vertex_colors is None:
             return None
         return (self.vertex_colors.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def transform_similarity(mesh: Mesh, similarity: Tensor) -> Mesh:
+    """The mesh carried by a similarity (4, 4) [[s R, t], [0, 1]]: x -> s R x + t, computed in float64.
+
+    Colours, UVs and texture are kept; a mirror (det < 0) reverses every face's corners (and its UV corners) so
+    the faces still wind counter-clockwise seen from outside.
+    """
+    m = similarity.to(torch.float64).cpu()
+    vertices = (mesh.vertices.double().cpu() @ m[:3, :3].T + m[:3, 3]).float()
+    moved = replace(mesh.to("cpu"), vertices=vertices)
+    if torch.det(m[:3, :3]) < 0:
+        moved.faces = moved.faces.flip(-1)
+        if moved.uv_faces is not None:
+            moved.uv_faces = moved.uv_faces.flip(-1)
+    return moved

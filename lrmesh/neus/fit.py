@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lrmesh.checkpoints import check_resume_checkpoint
 from lrmesh.data.scenes import Scene, load_scene
 from lrmesh.errors import ConfigError, InputError, LrmeshError
-from lrmesh.geometry.mesh import Mesh
+from lrmesh.geometry.mesh import transform_similarity
 from lrmesh.io.mesh import save_mesh
 from lrmesh.metrics import psnr as _image_psnr
 from lrmesh.neus.config import FitConfig
@@ -328,7 +328,7 @@ def export(system: FitSystem, scene: Scene, test: Scene, cfg: FitConfig, output:
     except LrmeshError as err:  # the weights, PSNR and video are still worth writing
         warnings.warn(f"no mesh written: {err}", RuntimeWarning, stacklevel=2)
     if mesh is not None:
-        world = to_dataset_frame(mesh, scene.to_world)
+        world = transform_similarity(mesh, scene.to_world)  # the dataset's frame
         mesh_path = save_mesh(world, output / f"mesh{cfg.mesh.format}", keep_coordinates=True)[0]
     views = range(len(test) if not cfg.scene.test_views else min(cfg.scene.test_views, len(test)))
     scores = [psnr(render_view(model, test, i, cfg, device), test.images[i].to(device))
@@ -352,17 +352,6 @@ def export(system: FitSystem, scene: Scene, test: Scene, cfg: FitConfig, output:
     say(f"test PSNR {metrics['test_psnr']:.2f} dB over {len(scores)} views; mesh {mesh_path} "
         f"({metrics['num_vertices']} vertices)")
     return metrics
-
-
-def to_dataset_frame(mesh: Mesh, to_world: Tensor) -> Mesh:
-    """A mesh in normalised scene coordinates -> the dataset's world frame (a similarity: winding is kept
-    unless it mirrors)."""
-    m = to_world.to(torch.float64)
-    vertices = mesh.vertices.double().cpu() @ m[:3, :3].T + m[:3, 3]
-    faces = mesh.faces.cpu()
-    if torch.det(m[:3, :3]) < 0:
-        faces = faces.flip(-1)
-    return Mesh(vertices=vertices.float(), faces=faces, vertex_colors=mesh.vertex_colors.cpu())
 
 
 def write_trajectory_video(model: SceneModel, scene: Scene, cfg: FitConfig, path: Path, device: torch.device,

@@ -26,6 +26,14 @@ class DataConfig:
     root: str = ""  # a folder in the training layout (`lrmesh synth --layout training`)
     num_input_views: int = 6  # 6, or 3 with zoom-and-crop augmentation (MindSpore port)
     input_view_ids: list[int] | None = None  # fixed input view indices (e.g. [0..5] for --zero123pp-inputs data)
+    # Random input views, so the model learns to take any views (not in the reference, whose count is fixed):
+    # [low, high] draws each step's input count uniformly in that range (one count per batch, so samples stack)
+    # and that many of the object's views at random; null keeps num_input_views. Validation keeps the fixed
+    # inputs (input_view_ids or the first num_input_views of a random order).
+    random_input_views: tuple[int, int] | None = None
+    # With random_input_views and input_view_ids (the Zero123++ views of --zero123pp-inputs data): the fraction of
+    # steps that take those fixed views instead, so the Zero123++ grids the model serves stay in training.
+    fixed_input_fraction: float = 0.0
     num_target_views: int = 4  # extra supervision views besides the inputs
     input_size: int = 320  # input views are resized to this side
     input_zoom: tuple[float, float] = (1.0, 1.0)  # random zoom-in factor range of input views (crop + resize)
@@ -171,6 +179,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> None:
         node[keys[-1]] = value
 
 
+def _check_random_inputs(data: DataConfig) -> None:
+    if data.random_input_views is not None:
+        low, high = data.random_input_views
+        if not 1 <= low <= high:
+            raise ConfigError(f"data.random_input_views must be [low, high] with 1 <= low <= high, got "
+                              f"{list(data.random_input_views)}")
+    if not 0 <= data.fixed_input_fraction <= 1:
+        raise ConfigError(f"data.fixed_input_fraction must be in [0, 1], got {data.fixed_input_fraction}")
+    if data.fixed_input_fraction > 0 and (data.random_input_views is None or data.input_view_ids is None):
+        raise ConfigError("data.fixed_input_fraction needs data.random_input_views and data.input_view_ids")
+
+
 def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """A YAML file, or the name of one under lrmesh/configs/ (without .yaml), plus key=value overrides."""
     path = Path(source)
@@ -190,6 +210,7 @@ def load_train_config(source: str | Path, overrides: list[str] = ()) -> TrainCon
         raise ConfigError(f"train.stage must be 1 or 2, got {cfg.stage!r}")
     if cfg.data.num_input_views < 1:
         raise ConfigError("data.num_input_views must be at least 1")
+    _check_random_inputs(cfg.data)
     negative = [f"loss.{f.name}={getattr(cfg.loss, f.name)}" for f in dataclasses.fields(cfg.loss)
                 if getattr(cfg.loss, f.name) < 0]
     if negative:

@@ -47,6 +47,7 @@ from lrmesh.data.multiview import (
 from lrmesh.errors import InputError
 from lrmesh.train.config import DataConfig
 
+INPUT_PLAN_STREAM = 4  # each batch's input view count comes from default_rng([seed, INPUT_PLAN_STREAM, batch])
 SAMPLE_ERRORS = (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile, UnidentifiedImageError)
 MAX_SKIPS = 50  # consecutive bad objects before giving up: the folder is broken, not one sample
 
@@ -159,8 +160,9 @@ class MultiviewDataset(Dataset):
     """Map-style: sample i -> dict of tensors (see the module docstring, and `sample_index`: i). Any integer i is
     valid."""
 
-    def __init__(self, cfg: DataConfig, names: list[str], seed: int, train: bool = True):
+    def __init__(self, cfg: DataConfig, names: list[str], seed: int, train: bool = True, batch_size: int = 1):
         self.cfg, self.names, self.seed, self.train = cfg, names, seed, train
+        self.batch_size = batch_size  # samples i // batch_size share their input plan (`input_plan`)
         self.root = Path(cfg.root) / TRAINING_IMAGE_DIR
         self._warned: set[str] = set()
 
@@ -174,12 +176,26 @@ class MultiviewDataset(Dataset):
             return i % n
         return int(np.random.default_rng([self.seed, i // n]).permutation(n)[i % n])
 
+    def input_plan(self, i: int) -> tuple[int, bool]:
+        """(how many input views, whether they are `input_view_ids`) for sample i. With random_input_views one
+        draw per batch (`StepSampler` gives batch b of a step indices b * batch_size ...), so its samples stack."""
+        cfg = self.cfg
+        fixed = cfg.input_view_ids is not None
+        if cfg.random_input_views is None or not self.train:
+            return cfg.num_input_views, fixed
+        rng = np.random.default_rng([self.seed, INPUT_PLAN_STREAM, i // self.batch_size])
+        if fixed and rng.random() < cfg.fixed_input_fraction:
+            return cfg.num_input_views, True
+        low, high = cfg.random_input_views
+        return int(rng.integers(low, high + 1)), False
+
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         first = self.object_index(i)
+        plan = self.input_plan(i)
         for attempt in range(min(MAX_SKIPS, len(self.names))):
             name = self.names[(first + attempt) % len(self.names)]
             try:
-                sample = self.sample(name, np.random.default_rng([self.seed, i, attempt]))
+                sample = self.sample(name, np.random.default_rng([self.seed, i, attempt]), plan)
                 return {**sample, "sample_index": torch.tensor(i)}  # () int64: seeds the sample's render draws
             except SAMPLE_ERRORS as err:
                 if name not in self._warned:
@@ -189,22 +205,24 @@ class MultiviewDataset(Dataset):
         raise InputError(f"{min(MAX_SKIPS, len(self.names))} objects in a row could not be read under {self.root}; "
                          "see the warnings above")
 
-    def sample(self, name: str, rng: np.random.Generator) -> dict[str, Tensor]:
+    def sample(self, name: str, rng: np.random.Generator, plan: tuple[int, bool] | None = None) -> dict[str, Tensor]:
+        """One object's sample; `plan` is `input_plan`'s (count, fixed), by default the fixed config's."""
         cfg = self.cfg
+        count, fixed = plan or (cfg.num_input_views, cfg.input_view_ids is not None)
         folder = self.root / name
         total = np.load(folder / TRAINING_CAMERAS)[TRAINING_POSES_KEY].shape[0]
-        if cfg.input_view_ids is not None:
-            inputs = list(cfg.input_view_ids)[:cfg.num_input_views]
+        if fixed:
+            inputs = list(cfg.input_view_ids)[:count]
             rest = [v for v in range(total) if v not in cfg.input_view_ids]
         else:
             order = rng.permutation(total).tolist()
-            inputs, rest = order[:cfg.num_input_views], order[cfg.num_input_views:]
+            inputs, rest = order[:count], order[count:]
         if self.train:
             targets = rng.permutation(rest)[:cfg.num_target_views].tolist()
         else:
             targets = rest[:cfg.num_target_views]
-        if len(inputs) < cfg.num_input_views or len(targets) < cfg.num_target_views:
-            raise IndexError(f"{total} views, need {cfg.num_input_views} inputs + {cfg.num_target_views} targets")
+        if len(inputs) < count or len(targets) < cfg.num_target_views:
+            raise IndexError(f"{total} views, need {count} inputs + {cfg.num_target_views} targets")
         views = read_object(folder, inputs + targets)
         rotation = None  # the world transform applied to the views, for the occupancy points
         if cfg.normalize_rotation:

@@ -50,7 +50,8 @@ class TrainingData(L.LightningDataModule):
         # Loader batches consumed so far: optimizer steps x accumulation (restored before this is called).
         start = trainer.global_step * self.cfg.accumulate
         sampler = StepSampler(self.cfg.batch_size, start, trainer.global_rank, trainer.world_size)
-        dataset = MultiviewDataset(self.cfg.data, self.train_names, self.cfg.seed, train=True)
+        dataset = MultiviewDataset(self.cfg.data, self.train_names, self.cfg.seed, train=True,
+                                   batch_size=self.cfg.batch_size)
         return self._loader(dataset, sampler, self.cfg.batch_size)
 
     def val_dataloader(self) -> DataLoader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -296,3 +297,48 @@ def test_a_bad_last_checkpoint_is_one_error_line_naming_it(tiny_data, tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"lrmesh: error: {ckpt}: ") and reasons[kind] in err[0], err
     assert not marker.exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]
+
+
+def test_random_input_views_vary_per_batch_and_keep_the_fixed_views_in_the_mix(tiny_data, tmp_path):
+    cfg = _cfg("tiny-stage1", tiny_data, tmp_path, "data.random_input_views=[2, 5]", "data.input_view_ids=[0, 1, 2]",
+               "data.num_input_views=3", "data.fixed_input_fraction=0.25", "data.num_target_views=2")
+    dataset = MultiviewDataset(cfg.data, list_objects(tiny_data), seed=0, batch_size=4)
+    plans = [dataset.input_plan(i) for i in range(4 * 400)]
+    batches = [plans[b:b + 4] for b in range(0, len(plans), 4)]
+    assert all(len(set(batch)) == 1 for batch in batches)  # one plan per batch, so its samples stack
+    counts = [batch[0] for batch in batches if not batch[0][1]]
+    assert {count for count, _ in counts} == {2, 3, 4, 5}
+    fixed = sum(batch[0][1] for batch in batches) / len(batches)
+    assert abs(fixed - 0.25) < 0.07, fixed
+    assert all(batch[0] == (3, True) for batch in batches if batch[0][1])
+    # a fixed batch takes views 0, 1, 2; a random one its count of views; targets are the inputs, then 2 more
+    fixed_i = next(4 * b for b, batch in enumerate(batches) if batch[0][1])
+    random_i = next(4 * b for b, batch in enumerate(batches) if batch[0] == (5, False))
+    fixed_sample, random_sample = dataset[fixed_i], dataset[random_i]
+    assert fixed_sample["input_cameras"].shape == (3, 16) and random_sample["input_cameras"].shape == (5, 16)
+    assert random_sample["target_images"].shape[0] == 5 + 2
+    from lrmesh.train.data import read_object
+    name = dataset.names[dataset.object_index(fixed_i)]
+    views = read_object(dataset.root / name, [0, 1, 2])
+    torch.testing.assert_close(fixed_sample["input_cameras"][:, :12], views.c2w[:, :3].reshape(3, 12),
+                               atol=cfg.data.camera_noise + 1e-6, rtol=0)
+    # validation keeps the fixed inputs
+    assert MultiviewDataset(cfg.data, list_objects(tiny_data), seed=0, train=False).input_plan(7) == (3, True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.random_input_views=[0, 3]", "1 <= low <= high"),
+    ("data.random_input_views=[5, 4]", "1 <= low <= high"),
+    ("data.fixed_input_fraction=0.5", "needs data.random_input_views and data.input_view_ids"),
+    ("data.fixed_input_fraction=2", "must be in [0, 1]"),
+])
+def test_random_input_view_settings_are_checked(tiny_data, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _cfg("tiny-stage1", tiny_data, tmp_path, override)
+
+
+def test_two_steps_with_random_input_views_in_batches_of_two(tiny_data, tmp_path):
+    cfg = _cfg("tiny-stage1", tiny_data, tmp_path, "max_steps=2", "batch_size=2", "data.random_input_views=[2, 4]",
+               "data.num_target_views=2", "checkpoint_every=2", "validate_every=100")
+    train(cfg, progress=False)
+    assert len(_losses(tmp_path)) == 2
