@@ -386,7 +386,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from lrmesh.neus.config import load_fit_config
-    from lrmesh.neus.fit import FitInterrupted, fit
+    from lrmesh.neus.fit import FitInterrupted, check_one_device, fit
 
     overrides = list(args.overrides)
     if args.steps is not None:
@@ -394,6 +394,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         overrides.append(f"max_minutes={args.minutes}")
     cfg = load_fit_config(args.method, args.config, overrides)
+    check_one_device(cfg)  # before the output folder is made
     writable_folder(args.output)
     try:
         metrics = fit(args.data, cfg, args.output, resume=args.resume, progress=not args.quiet)

@@ -259,6 +259,17 @@ class _Deadline(Callback):
             trainer.should_stop = True
 
 
+def check_one_device(cfg: FitConfig, world_size: int | None = None) -> None:
+    """ConfigError unless the fit runs in one process (`world_size`: the trainer's, else asked of Lightning from the
+    config's accelerator, devices and nodes without building a run)."""
+    if world_size is None:
+        world_size = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                               logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                               enable_model_summary=False).world_size
+    if world_size > 1:
+        raise ConfigError(ONE_DEVICE.format(devices=cfg.devices, nodes=cfg.num_nodes, world=world_size))
+
+
 def fit(data: str | Path, cfg: FitConfig, output: str | Path, resume: bool = False, progress: bool = True,
         callbacks: list[Callback] | None = None) -> dict:
     """Fit `cfg.method` to the scene in folder `data`; write the outputs to `output`; returns the metrics.
@@ -291,8 +302,7 @@ def fit(data: str | Path, cfg: FitConfig, output: str | Path, resume: bool = Fal
                         enable_progress_bar=progress, limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=cfg.log_every, default_root_dir=str(output), enable_model_summary=False,
                         logger=L.pytorch.loggers.CSVLogger(str(output), name="logs"), enable_checkpointing=True)
-    if trainer.world_size > 1:
-        raise ConfigError(ONE_DEVICE.format(devices=cfg.devices, nodes=cfg.num_nodes, world=trainer.world_size))
+    check_one_device(cfg, trainer.world_size)
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     started = time.monotonic()
