@@ -61,6 +61,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=positive_float, default=1.0,
                    help="camera radius factor (radius 4.0 x scale), as run.py")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="encoder and transformer precision: fp32 (reference parity), bf16 (CPU with "
+                        "AVX512-BF16, or GPU), fp16 (CUDA only); the mesh extraction is fp32 always")
     p.add_argument("--seed", type=seed_int, default=42)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: its own choice)")
@@ -72,6 +75,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from lrmesh.checkpoints import load_model
     from lrmesh.io.mesh import MESH_FORMATS, save_mesh
     from lrmesh.io.views import load_views
+    from lrmesh.precision import check_precision
     from lrmesh.progress import Stages
     from lrmesh.reconstruct import reconstruct
 
@@ -82,6 +86,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = _resolve_device(args.device)
+    check_precision(args.precision, device)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
 
     with resources.as_file(ASSETS) as assets:
@@ -93,20 +98,29 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             writable_file(args.video, "video")
         all_blank = _warn_blank_views(views)
         say(f"lrmesh: loading {checkpoint}")
-        model = load_model(checkpoint, args.config).to(device)
+        stages = Stages(device, show=not args.quiet)
+        stages("load")
+        try:
+            model = load_model(checkpoint, args.config).to(device)
+        except LrmeshError:
+            stages.abort()  # the error goes on a line of its own
+            raise
     subset = FOUR_VIEW_SUBSET if args.num_views == 4 else None
     cameras = zero123pp_cameras(radius=ZERO123PP_RADIUS * args.scale, views=subset)
 
+    stages.finish()
     say(f"lrmesh: reconstructing on {device} ({model.kind} model, {views.shape[0]} views)")
-    stages = Stages(device, show=not args.quiet)
     result = reconstruct(model, views.to(device), cameras.to(device), texture=args.texture,
-                         texture_resolution=args.texture_resolution, stages=stages)
+                         texture_resolution=args.texture_resolution, stages=stages, precision=args.precision)
     mesh = result.mesh.to("cpu")
     if mesh.num_faces == 0:
         why = " (no view shows an object)" if all_blank else ""
         raise LrmeshError(f"the model found no surface in these views{why} (empty mesh); nothing written")
+    stages("write")
     written = save_mesh(mesh, output)
-    say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
+    stages.finish()
+    say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces; {stages.total_seconds:.1f} s from loading "
+        "to the written file")
     if args.video is not None:
         written += _write_video(mesh, args, output, say)
     for path in written:
