@@ -111,12 +111,13 @@ def _whole_cli(model: LRM, mesh, device: torch.device) -> None:
         wall = time.perf_counter() - start
         if done.returncode:
             raise SystemExit(f"lrmesh reconstruct failed:\n{done.stderr}")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
         written = load_mesh(out)
     stage_lines = [line.strip() for line in done.stderr.splitlines() if line.startswith("  ")]
     same = written.num_faces == mesh.num_faces and written.num_vertices == mesh.num_vertices
-    print(f"\nwhole CLI (subprocess, official-layout .ckpt): {wall:.1f} s wall, peak RSS {peak / MIB:.0f} MiB; "
-          f"stages: {'; '.join(stage_lines)}")
+    print(f"\nwhole CLI (subprocess, official-layout .ckpt): {wall:.1f} s wall, {cpu:.1f} s CPU time, peak RSS "
+          f"{peak / MIB:.0f} MiB; stages: {'; '.join(stage_lines)}")
     print(f"its mesh: {written.num_vertices} vertices, {written.num_faces} faces "
           f"({'the same counts as' if same else 'DIFFERENT from'} the in-process run)")
 
