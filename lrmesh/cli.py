@@ -12,15 +12,7 @@ import torch
 
 from lrmesh.cameras import FOUR_VIEW_SUBSET, ZERO123PP_RADIUS, zero123pp_cameras
 from lrmesh.errors import LrmeshError
-from lrmesh.options import (
-    SEED_MAX,
-    Parser,
-    positive_float,
-    positive_int,
-    seed_int,
-    writable_file,
-    writable_folder,
-)
+from lrmesh.options import SEED_MAX, Parser, positive_float, positive_int, seed_int, writable_file, writable_folder
 
 ASSETS = resources.files("lrmesh") / "assets"
 EXAMPLE_VIEWS = "example_views.png"
@@ -347,17 +339,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from lrmesh.checkpoints import load_model
-    from lrmesh.evaluate import (
-        CSV_NAME,
-        SUMMARY_NAME,
-        evaluate_folder,
-        find_objects,
-        format_table,
-    )
+    from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, evaluate_folder, find_objects, format_table
     from lrmesh.metrics import GeometryProtocol
 
-    if args.limit is not None and args.limit < 1:
-        raise LrmeshError(f"--limit must be at least 1, got {args.limit}")
     find_objects(args.folder)  # a folder without objects is an error before the model loads
     torch.manual_seed(args.seed)
     device = _resolve_device(args.device)
