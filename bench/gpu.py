@@ -167,7 +167,7 @@ def main() -> int:
             failed.append(row_name)
             print(f"{row_name:<44}  failed: {type(err).__name__}: {err}", flush=True)
             continue
-        rate = f"{r.flops / r.seconds / 1e12:>10.2f}" if r.flops else f"{'-':>10}"
+        rate = f"{r.flops / r.seconds / 1e12:>10.3g}" if r.flops else f"{'-':>10}"  # 3 digits: dry runs are slow
         print(f"{row_name:<44}{r.seconds:>10.2f}{r.peak_bytes / MIB:>10.0f}{rate}", flush=True)
     for row_name in MISSING:
         print(f"{row_name:<44}  missing: not on this branch yet")
