@@ -171,14 +171,16 @@ class LRMesh:
         return Views.zero123pp(load_views(source, num_views), num_views=num_views, scale=scale)
 
     def reconstruct(self, views: Views, texture: bool = False, texture_resolution: int = 1024,
-                    stages: Stages | None = None) -> Mesh:
-        """Views -> Mesh in the model frame (z up), vertex colours or a baked texture. Empty surface: an error."""
+                    stages: Stages | None = None, precision: str = "fp32") -> Mesh:
+        """Views -> Mesh in the model frame (z up), vertex colours or a baked texture. Empty surface: an error.
+        `precision` of the encoder and transformer: fp32 (reference parity), bf16, fp16 (CUDA); see
+        lrmesh.precision."""
         from lrmesh.reconstruct import reconstruct
 
         model = self.model
         stages = stages or Stages(self.device, show=False)
         result = reconstruct(model, views.images.to(self.device), views.cameras.to(self.device), texture=texture,
-                             texture_resolution=texture_resolution, stages=stages)
+                             texture_resolution=texture_resolution, stages=stages, precision=precision)
         mesh = result.mesh.to("cpu")
         if mesh.num_faces == 0:
             why = " (no view shows an object)" if len(blank_views(views.images)) == len(views.images) else ""

@@ -148,6 +148,48 @@ def official_to_lrmesh(state: dict[str, Tensor], source: str = "checkpoint") -> 
     return out
 
 
+def lrmesh_to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our names -> the released files' layout ('lrm_generator.' + the reference's names); official_to_lrmesh
+    undone. An attention's q, k, v are packed into `in_proj_weight` when they have one shape, as
+    nn.MultiheadAttention stores them when kdim == embed_dim, and kept as q/k/v_proj_weight otherwise."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        qkv = re.fullmatch(r"(transformer\.blocks\.\d+\.(?:cross_attn|self_attn))\.([qkv])\.weight", key)
+        if qkv and qkv.group(2) != "q":
+            continue  # packed or renamed with its q below
+        if qkv:
+            parts = [state[f"{qkv.group(1)}.{name}.weight"] for name in "qkv"]
+            base = GENERATOR_PREFIX + _official_name(qkv.group(1) + ".out.weight").removesuffix("out_proj.weight")
+            if len({p.shape for p in parts}) == 1:
+                out[base + "in_proj_weight"] = torch.cat(parts)
+            else:
+                out.update({f"{base}{name}_proj_weight": p for name, p in zip("qkv", parts)})
+            continue
+        out[GENERATOR_PREFIX + _official_name(key)] = value
+    return out
+
+
+def _inverse_rule(pattern: str, replacement: str) -> tuple[re.Pattern, str]:
+    """(our-name regex, official template) of one OFFICIAL_RENAMES rule: its groups swap sides."""
+    groups = re.findall(r"\([^()]*\)", pattern)
+    pieces = re.split(r"\\(\d)", replacement)  # literal, group number, literal, ...
+    regex = "".join(re.escape(p) if i % 2 == 0 else groups[int(p) - 1] for i, p in enumerate(pieces))
+    template = pattern
+    for k, group in enumerate(groups, start=1):
+        template = template.replace(group, f"\\{k}", 1)
+    return re.compile(regex), template.replace("\\.", ".")
+
+
+_INVERSE = tuple(_inverse_rule(p, r) for p, r in OFFICIAL_RENAMES)
+
+
+def _official_name(key: str) -> str:
+    for pattern, template in _INVERSE:
+        if pattern.fullmatch(key):
+            return pattern.sub(template, key)
+    return key
+
+
 def rename_official_key(key: str) -> str:
     """One official key (InstantMesh / Hugging Face ViT names) -> ours by `OFFICIAL_RENAMES`; others unchanged."""
     for pattern, replacement in _COMPILED:
@@ -214,12 +256,18 @@ def fit_problems(state: dict[str, Tensor], expected: dict[str, Tensor]) -> list[
     return problems
 
 
-def load_state(model: LRM, state: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Strict load with one clear message naming missing / unexpected keys and shape mismatches."""
+def load_state(model: LRM, state: dict[str, Tensor], source: str = "checkpoint", assign: bool = False) -> None:
+    """Strict load with one clear message naming missing / unexpected keys and shape mismatches.
+
+    assign=True makes the (float32) checkpoint tensors the model's own, with no copy: for a model built on
+    the meta device (`load_model`), whose weights then live in the memory-mapped file's pages.
+    """
     problems = fit_problems(state, model.state_dict())
     if problems:
         raise CheckpointError(f"{source} does not fit the {model.kind} model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def checkpoint_kind(state: dict[str, Tensor]) -> str:
@@ -254,8 +302,9 @@ def load_model(path: str | Path, config: ModelConfig | str | Path | None = None)
         config = ModelConfig.from_dict(json.loads(path.with_suffix(".json").read_text()))
     if config is None:
         config = infer_config(state, source=str(path))[1]
-    model = LRM(config)
-    load_state(model, state, source=str(path))
+    with torch.device("meta"):  # no memory and no random initialisation for weights the file replaces
+        model = LRM(config)
+    load_state(model, state, source=str(path), assign=True)
     return model.eval()
 
 

@@ -73,6 +73,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="camera radius factor (radius 4.0 x scale), as run.py")
     _add_posed_inputs(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="encoder and transformer precision: fp32 (reference parity), bf16 (CPU with "
+                        "AVX512-BF16, or GPU), fp16 (CUDA only); the mesh extraction is fp32 always")
     p.add_argument("--seed", type=seed_int, default=42)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: its own choice)")
@@ -142,6 +145,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from lrmesh.io.orbit import is_video
     from lrmesh.io.posed import save_world_mesh
     from lrmesh.openlrm import openlrm_files
+    from lrmesh.precision import check_precision
     from lrmesh.progress import Stages
     from lrmesh.zero123pp.command import GRID_SUFFIX, api_from_args, is_single_photo, photo_views
 
@@ -164,6 +168,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if args.video:
             writable_file(args.video, "video")
         lr = api_from_args(args, checkpoint=_checkpoint_path(args.checkpoint, assets, say), config=args.config)
+        check_precision(args.precision, lr.device)
         photo = not (args.orbit or args.cameras or is_video(view_sources[0])) and is_single_photo(view_sources)
         to_world = None  # posed photos: model frame -> the cameras' world, for the written mesh
         if photo:
@@ -171,7 +176,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         else:
             views, to_world = _load_inputs(args, view_sources)
             _warn_blank_views(views.images)
-        model = lr.model  # loaded while the bundled checkpoint's folder is open
+        stages = Stages(lr.device, show=not args.quiet)
+        stages("load")
+        try:
+            model = lr.model  # loaded while the bundled checkpoint's folder is open
+        except LrmeshError:
+            stages.abort()  # the error goes on a line of its own
+            raise
+    stages.finish()
 
     written = []
     if photo:  # one photo: its six Zero123++ views first, the grid written beside the mesh
@@ -179,11 +191,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         written.append(output.with_name(output.stem + GRID_SUFFIX))
         views.grid.save(written[-1])
     say(f"lrmesh: reconstructing on {lr.device} ({model.kind} model, {views.images.shape[0]} views)")
-    stages = Stages(lr.device, show=not args.quiet)
-    mesh = lr.reconstruct(views, texture=args.texture, texture_resolution=args.texture_resolution, stages=stages)
+    mesh = lr.reconstruct(views, texture=args.texture, texture_resolution=args.texture_resolution, stages=stages,
+                          precision=args.precision)
+    stages("write")
     mesh_files = lr.export(mesh, output) if to_world is None else save_world_mesh(mesh, to_world, output)
     written = mesh_files + written
-    say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces in {stages.total_seconds:.1f} s")
+    stages.finish()
+    say(f"lrmesh: {mesh.num_vertices} vertices, {mesh.num_faces} faces; {stages.total_seconds:.1f} s from loading "
+        "to the written file")
     if args.video is not None:
         written += _write_video(mesh, args, output, say)
     for path in written:
@@ -435,17 +450,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from lrmesh.checkpoints import load_model
-    from lrmesh.evaluate import (
-        CSV_NAME,
-        SUMMARY_NAME,
-        evaluate_folder,
-        find_objects,
-        format_table,
-    )
+    from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, evaluate_folder, find_objects, format_table
     from lrmesh.metrics import GeometryProtocol
 
-    if args.limit is not None and args.limit < 1:
-        raise LrmeshError(f"--limit must be at least 1, got {args.limit}")
     find_objects(args.folder)  # a folder without objects is an error before the model loads
     torch.manual_seed(args.seed)
     device = _resolve_device(args.device)

@@ -41,8 +41,9 @@ def cpu_peak_bytes() -> int:
 @dataclass
 class StageRecord:
     name: str
-    seconds: float
+    seconds: float  # wall time
     peak_bytes: int
+    cpu_seconds: float = 0.0  # CPU time of the process's threads: on a shared CPU a steadier measure of work
 
 
 class Stages:
@@ -58,6 +59,7 @@ class Stages:
         self.records: list[StageRecord] = []
         self._current: str | None = None
         self._start = 0.0
+        self._cpu_start = 0.0
 
     def __call__(self, name: str) -> None:
         self.finish()
@@ -69,7 +71,7 @@ class Stages:
             _reset_cpu_peak()
         if self.show:
             print(f"  {name} ...", end="", file=sys.stderr, flush=True)
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def finish(self) -> None:
         if self._current is None:
@@ -79,10 +81,17 @@ class Stages:
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
             peak = cpu_peak_bytes()
-        record = StageRecord(self._current, time.perf_counter() - self._start, peak)
+        record = StageRecord(self._current, time.perf_counter() - self._start, peak,
+                             time.process_time() - self._cpu_start)
         self.records.append(record)
         if self.show:
             print(f" {record.seconds:.2f} s", file=sys.stderr, flush=True)
+        self._current = None
+
+    def abort(self) -> None:
+        """End the current stage without a record (it failed): its progress line is closed."""
+        if self._current is not None and self.show:
+            print(" failed", file=sys.stderr, flush=True)
         self._current = None
 
     @property

@@ -10,6 +10,7 @@ from torch import Tensor
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.geometry.texture import bake_texture
 from lrmesh.model.lrm import LRM
+from lrmesh.precision import autocast
 from lrmesh.progress import Stages
 
 
@@ -21,7 +22,7 @@ class Reconstruction:
 
 @torch.no_grad()
 def reconstruct(model: LRM, views: Tensor, cameras: Tensor, texture: bool = False, texture_resolution: int = 1024,
-                stages: Stages | None = None) -> Reconstruction:
+                stages: Stages | None = None, precision: str = "fp32") -> Reconstruction:
     """Reconstruct one object.
 
     Args:
@@ -29,14 +30,17 @@ def reconstruct(model: LRM, views: Tensor, cameras: Tensor, texture: bool = Fals
         views: (V, 3, 320, 320) RGB in [0, 1] on white; cameras: (V, 16) encoder cameras, same order.
         texture: bake a UV texture map (xatlas) instead of vertex colours.
         stages: receives the stage names (encode, transformer, grid query, ..., texture) for progress/timing.
+        precision: fp32 (parity with the reference), bf16 or fp16 (CUDA) for the encoder and the transformer;
+            see lrmesh.precision. The triplanes, grid queries and isosurface are fp32 in every case.
     """
     stages = stages or Stages(cameras.device, show=False)
     device = next(model.parameters()).device
     stages("encode")
     views, cameras = views[None].to(device), cameras[None].to(device)
-    tokens = model.encoder(views, cameras)
-    stages("transformer")
-    planes = model.planes_from_tokens(tokens, cameras, views.shape[-2:])
+    with autocast(precision, device):
+        tokens = model.encoder(views, cameras)
+        stages("transformer")
+        planes = model.planes_from_tokens(tokens, cameras, views.shape[-2:]).float()  # (1, 3, C, H, W)
     synthesizer = model.synthesizer
     mesh = synthesizer.extract_mesh(planes, with_colors=not texture, progress=stages)
     if texture and mesh.num_faces:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 import torch
 
-from lrmesh.checkpoints import (CheckpointError, infer_config, load_hf_vit, load_model, official_to_lrmesh,
-                                read_tensors, save_model)
+from lrmesh.checkpoints import (CheckpointError, infer_config, load_hf_vit, load_model, lrmesh_to_official,
+                                official_to_lrmesh, read_tensors, save_model)
 from lrmesh.config import PRESETS, preset
 from lrmesh.model.lrm import LRM
 
@@ -177,3 +178,19 @@ def test_hf_vit_weights_initialise_the_encoder(official, mesh_model, tmp_path):
     save_file(hf, str(path))
     with pytest.raises(CheckpointError, match="missing keys: encoder.vit.norm.weight"):
         load_hf_vit(LRM(PRESETS["tiny"]), path)
+
+
+def test_our_names_back_to_the_official_layout(official, tmp_path):
+    generator = {k: v for k, v in official.items() if k.startswith("lrm_generator.")}
+    back = lrmesh_to_official(official_to_lrmesh(official))
+    assert back.keys() == generator.keys() and all(torch.equal(back[k], v) for k, v in generator.items())
+    # A cross-attention whose keys are narrower than its queries keeps q, k, v apart, as the large files do.
+    tiny = preset("tiny")
+    cfg = dataclasses.replace(tiny, encoder=dataclasses.replace(tiny.encoder, hidden_size=48))
+    model = LRM(cfg).eval()
+    state = lrmesh_to_official(model.state_dict())
+    assert "lrm_generator.transformer.layers.0.cross_attn.k_proj_weight" in state
+    assert "lrm_generator.transformer.layers.0.self_attn.in_proj_weight" in state
+    torch.save({"state_dict": state}, tmp_path / "official.ckpt")
+    loaded = load_model(tmp_path / "official.ckpt", cfg)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

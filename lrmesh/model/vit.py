@@ -116,8 +116,9 @@ class ImageEncoder(nn.Module):
         self.vit = ModulatedViT(cfg)
         self.input_size = cfg.input_size
         self.camera_embedder = nn.Sequential(nn.Linear(cfg.camera_dim, d), nn.SiLU(), nn.Linear(d, d))
-        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+        # Not in the state dict, so made on the CPU even when the weights are built on the meta device.
+        self.register_buffer("mean", torch.tensor(cfg.image_mean, device="cpu").view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.image_std, device="cpu").view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor, cameras: Tensor) -> Tensor:
         b, v = images.shape[:2]

@@ -243,3 +243,22 @@ def test_load_mesh_missing_file(tmp_path):
 def test_save_mesh_creates_the_folder_and_accepts_strings(tmp_path, reference_mesh):
     written = save_mesh(reference_mesh, str(tmp_path / "deep" / "er" / "mesh.ply"))
     assert written == [Path(tmp_path / "deep" / "er" / "mesh.ply")] and written[0].is_file()
+
+
+@pytest.mark.parametrize("with_colors", [False, True])
+def test_obj_writer_gives_trimesh_bytes(with_colors):
+    """Our OBJ writer formats in one pass; the file must stay byte for byte what trimesh (the reference's
+    writer) makes of the same mesh, negative zero and tiny values included."""
+    from lrmesh.io.mesh import OBJ_FRAME, _obj_bytes, to_file_frame
+
+    generator = torch.Generator().manual_seed(3)
+    mesh = Mesh(vertices=torch.randn(500, 3, generator=generator) * 3,
+                faces=torch.randint(0, 500, (900, 3), generator=generator))
+    mesh.vertices[0] = torch.tensor([-0.0, 1e-9, -5e-9])
+    if with_colors:
+        mesh.vertex_colors = torch.rand(500, 3, generator=generator)
+    vertices, faces = to_file_frame(OBJ_FRAME, mesh.vertices.numpy(), mesh.faces.numpy())
+    colors = mesh.colors_uint8()
+    expected = trimesh.Trimesh(vertices=vertices, faces=faces, process=False,
+                               vertex_colors=None if colors is None else colors.numpy()).export(file_type="obj")
+    assert _obj_bytes(mesh) == expected.encode("utf-8")
