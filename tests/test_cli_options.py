@@ -30,6 +30,7 @@ BASE_ARGS = {
     "train": ["tiny-stage1"],
     "fit": ["scene", "-o", "{out}"],
     "views": ["photo.png", "-o", "{out}/grid.png"],
+    "app": [],
 }
 NOT_SWEPT: set[str] = set()  # subcommands whose options are not checked types yet (none)
 

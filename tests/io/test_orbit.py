@@ -54,7 +54,7 @@ def test_a_frame_folder_and_an_evenly_spaced_subset(tmp_path):
     ("empty file", "cannot read video"),
     ("folder of 5", "5 files: an SV3D orbit has 21 frames, got 5"),
     ("one image", "an SV3D orbit is a video"),
-    ("too many views", "--orbit-views must be between 1 and 21, got 22"),
+    ("too many views", "argument --orbit-views: must be from 1 to 21, got 22"),
     ("elevation on a grid", "--elevation and --orbit-views are for SV3D orbits"),
     ("four-view mode", "--views 4 is for Zero123++ views"),
 ])

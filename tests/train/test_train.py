@@ -68,7 +68,9 @@ def test_two_steps_of_each_stage_then_resume_repeats_the_same_curve(tiny_data, t
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # thread-order rounding only
+        # thread-order rounding only: Adam after four steps amplifies float32 noise in a few near-zero weights (2.4e-5
+        # seen on 3 of 4096 since the rays are EG3D's batched product, OpenLRM's bit-exact formula)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=5e-5)
 
 
 @pytest.mark.slow
