@@ -217,3 +217,33 @@ def no_multiview_model_message() -> str:
 def _image(photo: str | Path | Image.Image) -> Image.Image:
     return photo if isinstance(photo, Image.Image) else read_photo(photo)
 
+
+def load_inputs(sources: Sequence[str | Path], num_views: int = 6, scale: float = 1.0, orbit: str | None = None,
+                elevation: float | None = None, orbit_views: int | None = None,
+                cameras: str | Path | None = None) -> tuple[Views, Tensor | None]:
+    """Views other than one photo -> (Views with encoder cameras in the model frame, to_world): a Zero123++ grid
+    or six views; an SV3D orbit (`orbit="sv3d"`, implied by one video file: `elevation` degrees, `orbit_views`
+    of its 21 frames); or a folder of posed photos with `cameras` (a transforms.json). `to_world` (4, 4) is the
+    similarity from the model frame to the posed photos' own world (write the mesh with
+    lrmesh.io.posed.save_world_mesh); None for the other inputs, whose meshes stay in the model frame."""
+    from lrmesh.io.orbit import is_video, load_sv3d_orbit
+    from lrmesh.io.posed import load_posed_photos
+
+    sources = list(sources)
+    orbit = orbit or ("sv3d" if len(sources) == 1 and is_video(sources[0]) else None)
+    if orbit is None and (elevation is not None or orbit_views is not None):
+        raise LrmeshError("--elevation and --orbit-views are for SV3D orbits (--orbit sv3d, or a video)")
+    if (orbit or cameras) and num_views != 6:
+        raise LrmeshError("--views 4 is for Zero123++ views; use --orbit-views K for an orbit")
+    radius = ZERO123PP_RADIUS * scale
+    if cameras:
+        if orbit:
+            raise LrmeshError("--cameras gives the cameras of your own photos; an SV3D orbit has its own")
+        if len(sources) != 1:
+            raise LrmeshError(f"--cameras takes one folder of photos, got {len(sources)} inputs")
+        posed = load_posed_photos(sources[0], cameras, radius)
+        return Views(posed.images, posed.cameras), posed.to_world
+    if orbit:
+        posed = load_sv3d_orbit(sources if len(sources) > 1 else sources[0], elevation or 0.0, radius, orbit_views)
+        return Views(posed.images, posed.cameras), None
+    return LRMesh.grid_views(sources if len(sources) > 1 else sources[0], num_views, scale), None

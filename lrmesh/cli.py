@@ -12,7 +12,7 @@ import torch
 
 from lrmesh.app import add_app_parser
 from lrmesh.batch import add_batch_options, cmd_batch
-from lrmesh.cameras import SV3D_FRAMES, SV3D_P_ELEVATION, ZERO123PP_RADIUS
+from lrmesh.cameras import SV3D_FRAMES, SV3D_P_ELEVATION
 from lrmesh.errors import LrmeshError
 from lrmesh.options import (
     SEED_MAX,
@@ -110,37 +110,10 @@ def _add_posed_inputs(p: argparse.ArgumentParser) -> None:
                         "any world frame); the mesh is written in that world frame and its units")
 
 
-def _load_inputs(args: argparse.Namespace, sources: list):
-    """reconstruct's views other than one photo -> (lrmesh.api.Views: images (V, 3, 320, 320) and encoder cameras
-    (V, 16) in the model frame; the similarity model frame -> the cameras' world for posed photos, or None: the
-    mesh is written in the model frame)."""
-    from lrmesh.api import LRMesh, Views
-    from lrmesh.io.orbit import is_video, load_sv3d_orbit
-    from lrmesh.io.posed import load_posed_photos
-
-    orbit = args.orbit or ("sv3d" if len(sources) == 1 and is_video(sources[0]) else None)
-    if orbit is None and (args.elevation is not None or args.orbit_views is not None):
-        raise LrmeshError("--elevation and --orbit-views are for SV3D orbits (--orbit sv3d, or a video)")
-    if (orbit or args.cameras) and args.num_views != 6:
-        raise LrmeshError("--views 4 is for Zero123++ views; use --orbit-views K for an orbit")
-    radius = ZERO123PP_RADIUS * args.scale
-    if args.cameras:
-        if orbit:
-            raise LrmeshError("--cameras gives the cameras of your own photos; an SV3D orbit has its own")
-        if len(sources) != 1:
-            raise LrmeshError(f"--cameras takes one folder of photos, got {len(sources)} inputs")
-        posed = load_posed_photos(sources[0], args.cameras, radius)
-        return Views(posed.images, posed.cameras), posed.to_world
-    if orbit:
-        posed = load_sv3d_orbit(sources if len(sources) > 1 else sources[0], args.elevation or 0.0, radius,
-                                args.orbit_views)
-        return Views(posed.images, posed.cameras), None
-    return LRMesh.grid_views(sources if len(sources) > 1 else sources[0], args.num_views, args.scale), None
-
-
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.batch:  # lrmesh/batch.py
         return cmd_batch(args)
+    from lrmesh.api import load_inputs
     from lrmesh.io.mesh import MESH_FORMATS
     from lrmesh.io.orbit import is_video
     from lrmesh.io.posed import save_world_mesh
@@ -174,7 +147,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if photo:
             lr.check_multiview()
         else:
-            views, to_world = _load_inputs(args, view_sources)
+            views, to_world = load_inputs(view_sources, args.num_views, args.scale, orbit=args.orbit,
+                                          elevation=args.elevation, orbit_views=args.orbit_views,
+                                          cameras=args.cameras)
             _warn_blank_views(views.images)
         stages = Stages(lr.device, show=not args.quiet)
         stages("load")

@@ -83,16 +83,18 @@ class Reconstructor:
         self.model = self.api.model
 
     def read_views(self, sources: str | Path | Sequence[str | Path], options: JobOptions) -> Views:
-        """Input views (V, 3, 320, 320) with their Zero123++ encoder cameras (V, 16), z-up model frame: a grid,
-        six views, or one photo through the multi-view model (its background removed and recentred)."""
+        """Input views (V, 3, 320, 320) with their encoder cameras (V, 16), z-up model frame: a grid, six views,
+        an SV3D orbit video, or one photo through the multi-view model (its background removed and recentred)."""
+        from lrmesh.api import load_inputs
+        from lrmesh.io.orbit import is_video
         from lrmesh.zero123pp.command import is_single_photo
 
         paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
-        if is_single_photo(paths):
+        if not is_video(paths[0]) and is_single_photo(paths):
             self.api.check_multiview()
             return self.api.views(paths[0], steps=options.steps, seed=options.seed, num_views=options.num_views,
                                   scale=options.scale)
-        return self.api.grid_views(paths[0] if len(paths) == 1 else paths, options.num_views, options.scale)
+        return load_inputs(paths, options.num_views, options.scale)[0]  # an SV3D orbit video, a grid, six views
 
     def run(self, sources: str | Path | Sequence[str | Path], outputs: Sequence[str | Path],
             options: JobOptions = JobOptions(), stages: Stages | None = None) -> JobResult:

@@ -14,6 +14,7 @@ PSNR, steps, seconds, mesh size), video.mp4 (an orbit around the scene), model.s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import sys
@@ -263,9 +264,15 @@ def check_one_device(cfg: FitConfig, world_size: int | None = None) -> None:
     """ConfigError unless the fit runs in one process (`world_size`: the trainer's, else asked of Lightning from the
     config's accelerator, devices and nodes without building a run)."""
     if world_size is None:
-        world_size = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                               logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                               enable_model_summary=False).world_size
+        quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # no "GPU available" lines before the run's own
+        try:
+            world_size = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                                   logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                   enable_model_summary=False).world_size
+        finally:
+            quiet.setLevel(level)
     if world_size > 1:
         raise ConfigError(ONE_DEVICE.format(devices=cfg.devices, nodes=cfg.num_nodes, world=world_size))
 
