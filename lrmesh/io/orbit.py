@@ -21,7 +21,7 @@ from torch import Tensor
 from lrmesh.cameras import SV3D_FRAMES, SV3D_RADIUS, evenly_spaced, sv3d_cameras
 from lrmesh.errors import InputError
 from lrmesh.io.posed import PosedViews
-from lrmesh.io.views import list_view_files, read_image, to_view_size
+from lrmesh.io.views import existing_paths, list_view_files, read_image, to_view_size
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
 UINT8_LEVELS = 255
@@ -51,12 +51,7 @@ def read_video(path: str | os.PathLike) -> Tensor:
 
 def read_frames(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[Tensor, list[Path]]:
     """A video, a folder of frame images (sorted by name) or frame files in order -> (T, 3, H, W), their sources."""
-    paths = [Path(sources)] if isinstance(sources, (str, os.PathLike)) else [Path(s) for s in sources]
-    if not paths:
-        raise InputError("no orbit frames given")
-    for p in paths:
-        if not p.exists():
-            raise InputError(f"input not found: {p}")
+    paths = existing_paths(sources, "orbit frames")
     if len(paths) == 1 and paths[0].is_dir():
         files = list_view_files(paths[0])
         if not files:

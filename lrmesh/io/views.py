@@ -14,6 +14,7 @@ resized to 320 px (bicubic, antialiased, as run.py does); anything else is an er
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,6 +78,17 @@ def list_view_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def existing_paths(sources: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
+    """One path or several -> a list of paths, each of which exists (InputError naming the first that does not)."""
+    paths = [Path(sources)] if isinstance(sources, (str, os.PathLike)) else [Path(s) for s in sources]
+    if not paths:
+        raise InputError(f"no {what} given")
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+    return paths
+
+
 def load_views(sources: str | Path | Sequence[str | Path], num_views: int = NUM_VIEWS) -> Tensor:
     """Read input views -> (num_views, 3, 320, 320).
 
@@ -85,12 +97,7 @@ def load_views(sources: str | Path | Sequence[str | Path], num_views: int = NUM_
     """
     if num_views not in (4, 6):
         raise InputError(f"the models take 6 views or the 4-view subset, not {num_views}")
-    paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
-    if not paths:
-        raise InputError("no input views given")
-    for p in paths:
-        if not p.exists():
-            raise InputError(f"input not found: {p}")
+    paths = existing_paths(sources, "input views")
     if len(paths) == 1 and paths[0].is_dir():
         files = list_view_files(paths[0])
         if not files:
