@@ -31,6 +31,7 @@ from PIL import Image
 from lrmesh.errors import LrmeshError
 from lrmesh.jobs import JobOptions, JobResult, Reconstructor
 from lrmesh.options import int_at_least
+from lrmesh.photo.recentre import FOREGROUND_RATIO
 from lrmesh.progress import Stages
 
 GRADIO_EXTRA = "pip install 'lrmesh[app]'"
@@ -70,6 +71,8 @@ class Engine:
     config: str | None = None
     device: str = "auto"
     mv_model: str | None = None
+    mv_unet: str | None = None  # InstantMesh's white-background UNet for the multi-view model
+    rembg_model: str | None = None  # rembg's u2net.onnx; default: $U2NET_HOME, ~/.u2net (lrmesh.photo)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lrmesh-app-")))
     _loaded: tuple[str, Reconstructor] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,7 +83,8 @@ class Engine:
             raise LrmeshError(f"unknown model {label!r}; the choices are {', '.join(self.choices)}")
         if self._loaded is None or self._loaded[0] != label:
             self._loaded = None  # drop the previous model before loading the next
-            self._loaded = (label, Reconstructor(self.choices[label], self.config, self.device, self.mv_model))
+            self._loaded = (label, Reconstructor(self.choices[label], self.config, self.device, self.mv_model,
+                                                 mv_unet=self.mv_unet, rembg_model=self.rembg_model))
         return self._loaded[1]
 
     def job_folder(self) -> Path:
@@ -120,13 +124,40 @@ def job_inputs(image: str | None, files: list[str] | None) -> list[Path]:
     return files
 
 
+def photo_preview(engine: Engine, image: str | None, remove: bool = True,
+                  ratio: float = FOREGROUND_RATIO) -> tuple[Image.Image | None, str]:
+    """The photo as a job hands it to the multi-view model (background removed, recentred to `ratio`) and a line
+    with its foreground share; (None, "") for no image or a view grid, (None, the error line) when it fails."""
+    from lrmesh.photo import default_u2net, prepare_photo, read_photo
+    from lrmesh.zero123pp.command import is_single_photo
+
+    try:
+        if not image or not is_single_photo([Path(image)]):
+            return None, ""
+        u2net = default_u2net(engine.rembg_model) if remove else None
+        prepared = prepare_photo(read_photo(image), remove, ratio, u2net)
+    except LrmeshError as err:
+        return None, f"lrmesh: error: {err}"
+    if prepared.mode != "RGBA":
+        return prepared, "foreground: the whole image (no background removed)"
+    alpha = np.array(prepared.getchannel("A")) > 0
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 if rows.size else 0
+    return prepared, (f"foreground: {alpha.mean():.0%} of the pixels; object side {side / max(alpha.shape):.2f} of "
+                      f"the image (foreground ratio {ratio:.2f})")
+
+
 def run_job(engine: Engine, image: str | None, files: list[str] | None, model: str, seed: float, steps: float,
-            texture: bool, video: bool, report=None) -> PageResult:
+            texture: bool, video: bool, remove_background: bool = True, foreground_ratio: float = FOREGROUND_RATIO,
+            report=None) -> PageResult:
     """One click of generate. `report(fraction, stage)` hears each stage as it starts. Never raises: a bad input
     or a failed model load becomes the CLI's one-line message in `error`."""
     try:
         sources = job_inputs(image, files)
-        options = JobOptions(texture=bool(texture), seed=int(seed), steps=int(steps))
+        if not 0 < float(foreground_ratio) <= 1:
+            raise LrmeshError(f"the foreground ratio must be above 0 and at most 1, got {foreground_ratio}")
+        options = JobOptions(texture=bool(texture), seed=int(seed), steps=int(steps),
+                             remove_background=bool(remove_background), foreground_ratio=float(foreground_ratio))
         reconstructor = engine.reconstructor(model)
         folder = engine.job_folder()
         stem = sources[0].stem if len(sources) == 1 else "views"
@@ -209,6 +240,13 @@ def build_app(engine: Engine):
                     steps = gr.Slider(1, 100, value=75, step=1, label="diffusion steps (photo input)",
                                       visible=engine.mv_model is not None, elem_id="steps")
                 with gr.Row():
+                    rembg = gr.Checkbox(True, label="remove background (photo input)", elem_id="rembg")
+                    ratio = gr.Slider(0.5, 1.0, value=FOREGROUND_RATIO, step=0.01, label="foreground ratio",
+                                      elem_id="foreground-ratio")
+                preview = gr.Image(label="photo as the multi-view model sees it", type="pil", interactive=False,
+                                   height=200, elem_id="rembg-preview")
+                preview_note = gr.Markdown(elem_id="rembg-note")
+                with gr.Row():
                     texture = gr.Checkbox(label="bake a texture map", elem_id="texture")
                     video = gr.Checkbox(label="turntable video", elem_id="video")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -223,12 +261,16 @@ def build_app(engine: Engine):
                 turntable = gr.Video(label="turntable", elem_id="result-video")
 
         def on_generate(image_path, file_paths, model_label, seed_value, steps_value, texture_on, video_on,
-                        progress=gr.Progress()):
+                        rembg_on=True, ratio_value=FOREGROUND_RATIO, progress=gr.Progress()):
             result = run_job(engine, image_path, file_paths, model_label, seed_value, steps_value, texture_on,
-                             video_on, report=lambda fraction, name: progress(fraction, desc=name))
+                             video_on, rembg_on, ratio_value,
+                             report=lambda fraction, name: progress(fraction, desc=name))
             return result.values()
 
-        generate.click(on_generate, inputs=[image, files, model, seed, steps, texture, video],
+        for control in (image, rembg, ratio):  # the preview follows the photo and both settings
+            control.change(lambda *values: photo_preview(engine, *values), inputs=[image, rembg, ratio],
+                           outputs=[preview, preview_note], api_name=False, queue=False)
+        generate.click(on_generate, inputs=[image, files, model, seed, steps, texture, video, rembg, ratio],
                        outputs=[gallery, viewer, glb, obj, ply, turntable, stages, error], api_name="generate",
                        concurrency_limit=1)
     return page
@@ -245,14 +287,18 @@ def add_app_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="reference-format YAML for the checkpoints (default: inferred from each)")
     p.add_argument("--models", metavar="DIR", help="offer every checkpoint and folder in DIR as a model choice")
     p.add_argument("--mv-model", metavar="DIR", help="multi-view model folder (Zero123++), for photo inputs")
+    p.add_argument("--mv-unet", metavar="FILE", help="InstantMesh's white-background UNet for --mv-model")
+    p.add_argument("--rembg-model", metavar="FILE", help="rembg's u2net.onnx for photos (default: $U2NET_HOME, "
+                                                        "~/.u2net; without it only plain backgrounds are removed)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=cmd_app)
 
 
 def cmd_app(args: argparse.Namespace) -> int:
     if args.mv_model is not None:  # fail before serving, with the message a photo job would give
-        Reconstructor(mv_model=args.mv_model)
-    engine = Engine(model_choices(args.checkpoint, args.models), args.config, args.device, args.mv_model)
+        Reconstructor(mv_model=args.mv_model, mv_unet=args.mv_unet)
+    engine = Engine(model_choices(args.checkpoint, args.models), args.config, args.device, args.mv_model,
+                    args.mv_unet, args.rembg_model)
     page = build_app(engine)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain kill still removes the job folders
     print(f"lrmesh: serving on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)

@@ -118,7 +118,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     reconstructor = Reconstructor(args.checkpoint, args.config, args.device, mv_model=args.mv_model, say=say,
                                   mv_unet=args.mv_unet, rembg_model=args.rembg_model)
     options = JobOptions(texture=args.texture, texture_resolution=args.texture_resolution, num_views=args.num_views,
-                         scale=args.scale, seed=args.seed, steps=args.steps,
+                         scale=args.scale, seed=args.seed, steps=args.steps, remove_background=args.rembg,
+                         foreground_ratio=args.foreground_ratio,
                          video_frames=args.video_frames or JobOptions.video_frames,
                          video_resolution=args.video_resolution or JobOptions.video_resolution)
     summary = run_batch(reconstructor, inputs, out_dir, f".{args.format}", options, video=args.video is not None,

@@ -28,6 +28,7 @@ from torch import Tensor
 from lrmesh.api import Views
 from lrmesh.errors import LrmeshError
 from lrmesh.geometry.mesh import Mesh
+from lrmesh.photo.recentre import FOREGROUND_RATIO
 from lrmesh.progress import StageRecord, Stages
 
 VIDEO_SUFFIX = ".mp4"
@@ -45,6 +46,8 @@ class JobOptions:
     scale: float = 1.0  # camera radius factor: radius 4.0 x scale, as the reference's run.py
     seed: int = 42  # torch seed set before the job (and the multi-view model's sampler seed)
     steps: int = 75  # diffusion steps of the multi-view model, for a photo input
+    remove_background: bool = True  # photo input: remove its background and recentre it (lrmesh.photo)
+    foreground_ratio: float = FOREGROUND_RATIO  # photo input: object side / image side after recentring
     video_frames: int = 120  # turntable frames, when an .mp4 output is asked for
     video_resolution: int = 512  # turntable frame side in pixels
 
@@ -92,7 +95,8 @@ class Reconstructor:
         paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
         if not is_video(paths[0]) and is_single_photo(paths):
             self.api.check_multiview()
-            return self.api.views(paths[0], steps=options.steps, seed=options.seed, num_views=options.num_views,
+            return self.api.views(paths[0], steps=options.steps, seed=options.seed, remove=options.remove_background,
+                                  foreground_ratio=options.foreground_ratio, num_views=options.num_views,
                                   scale=options.scale)
         return load_inputs(paths, options.num_views, options.scale)[0]  # an SV3D orbit video, a grid, six views
 

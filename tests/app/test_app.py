@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 
+import lrmesh.api
 import lrmesh.jobs
 from lrmesh.app import BUNDLED_LABEL, Engine, model_choices, run_job
 from lrmesh.cli import ASSETS, EXAMPLE_VIEWS
@@ -100,3 +101,51 @@ def test_app_option_errors_before_serving(capsys, argv, message):
     assert main(["app", *argv]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("lrmesh: error: ") and message in line
+
+
+def test_the_photo_preview_cuts_out_and_recentres_a_photo_on_a_plain_background(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from lrmesh.app import photo_preview
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-u2net"))  # the plain-background matte, no learned model
+    photo = Image.new("RGB", (300, 200), (250, 250, 250))
+    ImageDraw.Draw(photo).rectangle([100, 80, 159, 119], fill=(200, 30, 30))  # 60 x 40 px object
+    photo.save(tmp_path / "photo.png")
+    engine = Engine(model_choices(None, None), root=tmp_path)
+    preview, note = photo_preview(engine, str(tmp_path / "photo.png"), True, 0.8)
+    alpha = np.array(preview.getchannel("A")) > 0
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    # recentred: a square image whose longer object side is 0.8 of it (InstantMesh's crop drops one row/column)
+    assert preview.width == preview.height
+    assert abs((cols[-1] - cols[0] + 1) / preview.width - 0.8) <= 2 / preview.width
+    assert abs((rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1) - 40 / 60) < 0.05
+    side = (cols[-1] - cols[0] + 1) / preview.width
+    assert "foreground ratio 0.80" in note and f"object side {side:.2f} of the image" in note
+    # the image as given with the removal off; a grid is no photo; a textured photo without U2-Net is the error line
+    kept, _ = photo_preview(engine, str(tmp_path / "photo.png"), False, 0.8)
+    assert kept.size == (300, 200)
+    assert photo_preview(engine, GRID, True, 0.85) == (None, "")
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "textured.png")
+    none, error = photo_preview(engine, str(tmp_path / "textured.png"), True, 0.85)
+    assert none is None and error.startswith("lrmesh: error:") and "u2net.onnx" in error
+
+
+def test_a_photo_job_hands_the_page_settings_to_the_multiview_step(tmp_path, monkeypatch):
+    seen = {}
+
+    def views(self, photo, **options):
+        seen.update(options)
+        raise LrmeshError("stop here")
+
+    monkeypatch.setattr(lrmesh.api.LRMesh, "views", views)
+    monkeypatch.setattr(lrmesh.api.LRMesh, "check_multiview", lambda self: None)
+    from PIL import Image
+
+    Image.new("RGB", (300, 200), "white").save(tmp_path / "photo.png")
+    result = run_job(Engine(model_choices(None, None), root=tmp_path), str(tmp_path / "photo.png"), None,
+                     BUNDLED_LABEL, 7, 12, False, False, False, 0.7)
+    assert result.error == "lrmesh: error: stop here"
+    assert seen["remove"] is False and seen["foreground_ratio"] == 0.7 and seen["steps"] == 12 and seen["seed"] == 7

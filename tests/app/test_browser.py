@@ -110,12 +110,12 @@ def test_gradio_client(server, tmp_path, cli_mesh):
 
     client = Client(server, verbose=False, download_files=str(tmp_path))
     views, viewer, glb, obj, ply, video, stages, error = client.predict(
-        handle_file(str(GRID)), None, BUNDLED_LABEL, 42, 75, False, False, api_name="/generate")
+        handle_file(str(GRID)), None, BUNDLED_LABEL, 42, 75, False, False, True, 0.85, api_name="/generate")
     assert error == "" and len(views) == 6 and video is None and "transformer" in stages
     assert_same_mesh(load_mesh(glb), cli_mesh)
 
     def error_of(image, files, model=BUNDLED_LABEL):
-        return client.predict(image, files, model, 42, 75, False, False, api_name="/generate")[-1]
+        return client.predict(image, files, model, 42, 75, False, False, True, 0.85, api_name="/generate")[-1]
 
     broken = error_of(handle_file(str(GRID)), None, BROKEN_CHECKPOINT)
     assert broken.startswith("lrmesh: error: ") and BROKEN_CHECKPOINT in broken
@@ -123,5 +123,5 @@ def test_gradio_client(server, tmp_path, cli_mesh):
     assert error_of(None, three).startswith("lrmesh: error: expected 6 views (or one grid image), got 3")
     video = tmp_path / "orbit.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
-    assert error_of(None, [handle_file(str(video))]).startswith("lrmesh: error: cannot read image ")
+    assert error_of(None, [handle_file(str(video))]).startswith("lrmesh: error: cannot read video ")
     assert error_of(None, None).startswith("lrmesh: error: no input")
