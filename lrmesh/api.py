@@ -87,8 +87,11 @@ class LRMesh:
     def __init__(self, checkpoint: str | Path | None = None, config: str | Path | None = None,
                  mv_model: str | Path | None = None, mv_unet: str | Path | None = None,
                  rembg_model: str | Path | None = None, device: str | torch.device = "auto",
-                 say: Say | None = None, progress: bool = False):
+                 say: Say | None = None, progress: bool = False, source_size: int | None = None,
+                 encoder_heads: int | None = None):
         self.checkpoint, self.config = checkpoint, config
+        # OpenLRM models that are no released preset: encoder input size (v1.1) and ViT heads (v1.0)
+        self.source_size, self.encoder_heads = source_size, encoder_heads
         self.mv_model, self.mv_unet, self.rembg_model = mv_model, mv_unet, rembg_model
         self.device = resolve_device(device)
         self.say, self.progress = say, progress
@@ -97,15 +100,28 @@ class LRMesh:
 
     # ------------------------------------------------------------------------------------------ models
     @property
+    def single_view(self) -> bool:
+        """True when the checkpoint is an OpenLRM release: one photo in (`photo_mesh`), no multi-view step."""
+        from lrmesh.openlrm import openlrm_files
+
+        return self.checkpoint is not None and openlrm_files(self.checkpoint) is not None
+
+    @property
     def model(self):
-        """The reconstruction model (an official InstantMesh checkpoint, an lrmesh file, or the bundled one)."""
+        """The reconstruction model (an official InstantMesh checkpoint, an lrmesh file, the bundled one, or an
+        OpenLRM release, whose CC BY-NC notice goes to `say`)."""
         if self._model is None:
             from lrmesh.checkpoints import load_model
+            from lrmesh.openlrm import load_openlrm
 
             with resources.as_file(resources.files("lrmesh") / "assets" / DEFAULT_CHECKPOINT) as bundled:
                 path = Path(self.checkpoint) if self.checkpoint else bundled
                 self._tell(f"lrmesh: loading {path}")
-                self._model = load_model(path, self.config).to(self.device)
+                if self.single_view:
+                    self._model = load_openlrm(path, self.source_size, self.encoder_heads,
+                                               notice=self.say).to(self.device)
+                else:
+                    self._model = load_model(path, self.config).to(self.device)
         return self._model
 
     @property
@@ -192,14 +208,35 @@ class LRMesh:
         views = self.views(photo, **view_options)
         return self.reconstruct(views, texture=texture), views
 
+    def photo_mesh(self, photo: str | Path, remove: bool = True, foreground_ratio: float = FOREGROUND_RATIO,
+                   mesh_resolution: int | None = None, mesh_threshold: float | None = None,
+                   stages: Stages | None = None) -> tuple[Mesh, Tensor]:
+        """One photo through an OpenLRM model (`single_view`) -> (mesh in OpenLRM's world, which is the model frame:
+        z up, the photo seen from -y; vertex colours; the encoder's input image (1, 3, S, S)). With `remove`, the
+        background removal and recentring of lrmesh.photo first; without, OpenLRM's own preparation only."""
+        from lrmesh.single_image import cut_out_photo, load_photo, prepare_photo, reconstruct_photo
+
+        if not self.single_view:
+            raise LrmeshError(f"{self.checkpoint or 'the bundled model'} is no OpenLRM model; a photo goes through "
+                              "the multi-view step (views) for it")
+        pixels = cut_out_photo(photo, foreground_ratio, self.rembg_model) if remove else load_photo(photo)
+        image = prepare_photo(pixels, self.model.cfg.source_size)
+        result = reconstruct_photo(self.model, image, mesh_resolution, mesh_threshold, stages)
+        mesh = result.mesh.to("cpu")
+        if mesh.num_faces == 0:
+            raise LrmeshError("no density above the mesh threshold on the grid (empty mesh); nothing written")
+        return mesh, image.cpu()
+
     @staticmethod
-    def export(mesh: Mesh, path: str | Path) -> list[Path]:
-        """Write .obj / .glb / .ply (in the reference's orientation); returns the files written, mesh first."""
+    def export(mesh: Mesh, path: str | Path, keep_coordinates: bool = False) -> list[Path]:
+        """Write .obj / .glb / .ply; returns the files written, mesh first. InstantMesh meshes are written in the
+        reference's orientation; `keep_coordinates` (OpenLRM meshes, as OpenLRM writes them) keeps OBJ / PLY in
+        the model frame (GLB is turned to y up either way, lrmesh.io.mesh)."""
         from lrmesh.io.mesh import save_mesh
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return save_mesh(mesh, path)
+        return save_mesh(mesh, path, keep_coordinates=keep_coordinates)
 
     def _tell(self, message: str) -> None:
         if self.say is not None:

@@ -74,12 +74,12 @@ class Reconstructor:
 
     def __init__(self, checkpoint: str | Path | None = None, config: str | Path | None = None,
                  device: str | torch.device = "auto", mv_model: str | Path | None = None, say: Say | None = None,
-                 mv_unet: str | Path | None = None, rembg_model: str | Path | None = None):
+                 mv_unet: str | Path | None = None, rembg_model: str | Path | None = None, **openlrm_sizes):
         from lrmesh.api import LRMesh
 
         self.checkpoint = Path(checkpoint) if checkpoint else bundled_checkpoint()
         self.api = LRMesh(self.checkpoint, config, mv_model=mv_model, mv_unet=mv_unet, rembg_model=rembg_model,
-                          device=device, say=say)
+                          device=device, say=say, **openlrm_sizes)  # source_size / encoder_heads (LRMesh)
         if mv_model is not None:
             self.api.check_multiview()  # a missing or partial folder fails here, before any job
         self.device = self.api.device
@@ -114,18 +114,27 @@ class Reconstructor:
         torch.manual_seed(options.seed)
         stages = stages or Stages(self.device, show=False)
         stages("views")
-        views = self.read_views(sources, options)
-        mesh = self.api.reconstruct(views, texture=options.texture, texture_resolution=options.texture_resolution,
-                                    stages=stages)
+        if self.api.single_view:  # an OpenLRM model: one photo, its mesh kept in OpenLRM's coordinates
+            paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
+            if len(paths) != 1 or paths[0].is_dir():
+                raise LrmeshError(f"an OpenLRM model reconstructs from one photo; got {len(paths)} inputs")
+            mesh, images = self.api.photo_mesh(paths[0], options.remove_background, options.foreground_ratio,
+                                               stages=stages)
+        else:
+            views = self.read_views(sources, options)
+            mesh = self.api.reconstruct(views, texture=options.texture, texture_resolution=options.texture_resolution,
+                                        stages=stages)
+            images = views.images
         stages("write")
-        files = write_outputs(mesh, outputs, options)
+        files = write_outputs(mesh, outputs, options, keep_coordinates=self.api.single_view)
         stages.finish()
-        return JobResult(files=files, views=views.images, mesh=mesh, stages=list(stages.records))
+        return JobResult(files=files, views=images, mesh=mesh, stages=list(stages.records))
 
 
-def write_outputs(mesh: Mesh, outputs: Sequence[Path], options: JobOptions) -> list[Path]:
+def write_outputs(mesh: Mesh, outputs: Sequence[Path], options: JobOptions,
+                  keep_coordinates: bool = False) -> list[Path]:
     """Write the mesh (model frame) to each path (all in one folder), staged in a hidden folder there, the first
-    output renamed into place last."""
+    output renamed into place last. `keep_coordinates`: OBJ / PLY without the reference's z mirror (OpenLRM)."""
     from lrmesh.io.mesh import save_mesh
 
     folder = outputs[0].parent
@@ -141,7 +150,7 @@ def write_outputs(mesh: Mesh, outputs: Sequence[Path], options: JobOptions) -> l
             if path.suffix.lower() == VIDEO_SUFFIX:
                 written = [_write_turntable(mesh, where / path.name, options)]
             else:
-                written = save_mesh(mesh, where / path.name)
+                written = save_mesh(mesh, where / path.name, keep_coordinates=keep_coordinates)
             staged += [(file, path.with_name(file.name)) for file in written]
         first = [pair for pair in staged if pair[1] == outputs[0]]
         for file, final in [pair for pair in staged if pair[1] != outputs[0]] + first:

@@ -9,6 +9,7 @@ import pytest
 import trimesh
 
 from lrmesh.cli import main
+from lrmesh.errors import LrmeshError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openlrm-tiny"
 PHOTO = FIXTURE / "object_rgba.png"
@@ -92,3 +93,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, m
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("lrmesh: error: ") and message in err
     assert not out.exists()
+
+
+def test_the_python_api_and_the_job_seam_give_the_reference_mesh(tmp_path):
+    from lrmesh.api import LRMesh
+    from lrmesh.jobs import JobOptions, Reconstructor
+
+    checkpoint, extra = CASES["v11-sep"]
+    lr = LRMesh(checkpoint, source_size=int(extra[extra.index("--source-size") + 1]), device="cpu")
+    assert lr.single_view
+    mesh, image = lr.photo_mesh(PHOTO, remove=False, mesh_resolution=48, mesh_threshold=3.0)
+    ref = trimesh.load(FIXTURE / "v11-sep" / "mesh_reference_rgba.ply", process=False)
+    assert mesh.faces.shape == ref.faces.shape and image.shape == (1, 3, 224, 224)
+    assert np.abs(mesh.vertices.numpy() - ref.vertices).max() < 1e-4  # OpenLRM's world, unmirrored
+    written = lr.export(mesh, tmp_path / "api.ply", keep_coordinates=True)
+    assert np.abs(trimesh.load(written[0], process=False).vertices - ref.vertices).max() < 1e-4
+    # batch mode and the app go through the same seam: one photo in, the mesh in OpenLRM's coordinates out
+    job = Reconstructor(checkpoint, device="cpu", source_size=lr.source_size)
+    job.model.synthesizer.cfg.mesh_resolution, job.model.synthesizer.cfg.mesh_threshold = 48, 3.0  # the fixture's
+    result = job.run(PHOTO, [tmp_path / "job.ply"], JobOptions(remove_background=False))
+    assert result.views.shape == (1, 3, 224, 224) and result.files == [tmp_path / "job.ply"]
+    assert np.abs(trimesh.load(result.files[0], process=False).vertices - ref.vertices).max() < 1e-4
+    with pytest.raises(LrmeshError, match="from one photo; got 2 inputs"):
+        job.run([PHOTO, PHOTO], [tmp_path / "two.ply"])
