@@ -130,13 +130,14 @@ class LRMesh:
         if self._multiview is None:
             if self.mv_model is None:
                 raise LrmeshError(no_multiview_model_message())
-            try:
+            self._tell(f"lrmesh: loading Zero123++ from {self.mv_model}")
+            try:  # diffusers and transformers are imported as the components load (the `diffusion` extra)
                 from lrmesh.zero123pp.pipeline import Zero123pp
+
+                self._multiview = Zero123pp.load(self.mv_model, self.mv_unet, self.device, say=self.say)
             except ImportError as err:
                 raise LrmeshError(f"the multi-view step needs diffusers and transformers: {DIFFUSION_EXTRA} "
                                   f"({err})") from err
-            self._tell(f"lrmesh: loading Zero123++ from {self.mv_model}")
-            self._multiview = Zero123pp.load(self.mv_model, self.mv_unet, self.device, say=self.say)
         return self._multiview
 
     @property

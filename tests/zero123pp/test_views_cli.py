@@ -136,3 +136,16 @@ def test_reconstruct_photo_writes_grid_beside_mesh(z123_dir, tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(out), str(grid)]
     assert Image.open(grid).size == (640, 960)
     assert out.stat().st_size > 1000
+
+
+def test_without_the_diffusion_extra_the_views_step_is_one_error_line(z123_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as on an install without lrmesh[diffusion]
+    monkeypatch.delitem(sys.modules, "lrmesh.zero123pp.pipeline", raising=False)
+    out = tmp_path / "grid.png"
+    assert main(["views", str(z123_dir / "input_rgba.png"), "--mv-model", str(z123_dir / "zero123plus-v1.2-tiny"),
+                 "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lrmesh: error: the multi-view step needs diffusers") and "lrmesh[diffusion]" in err[-1]
+    assert not out.exists()
