@@ -4,7 +4,6 @@ object, a NaN on one process, and the `lrmesh train` command itself (Lightning l
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from lrmesh.data.synthetic import random_object
 from lrmesh.errors import LrmeshError
 from lrmesh.train.config import load_train_config
 from lrmesh.train.run import train
+from tests.train.helpers import logged_losses
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -48,13 +48,6 @@ def _cfg(name: str, root: Path, output: Path, *extra: str):
     return load_train_config(name, [f"data.root={root}", f"output={output}", "loss.lpips=0", "log_every=1",
                                     "accelerator=cpu", *extra])
 
-
-def _losses(output: Path) -> dict[int, float]:
-    rows = {}
-    for path in sorted(output.glob("logs/version_*/metrics.csv")):
-        with path.open() as f:
-            rows.update({int(float(r["train/step"])): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")})
-    return rows
 
 
 def _files(folder: Path) -> list[str]:
@@ -159,7 +152,7 @@ def single(data, tmp_path_factory) -> dict:
             train(_cfg(config, root, out / name, "devices=1", f"batch_size={WORLD}", *extra), progress=False,
                   callbacks=[recorder])
         skipped = sorted({str(w.message).split("'")[1] for w in caught if "skipping training object" in str(w.message)})
-        results[name] = {"samples": recorder.samples, "losses": _losses(out / name), "output": out / name,
+        results[name] = {"samples": recorder.samples, "losses": logged_losses(out / name), "output": out / name,
                          "skipped": skipped}
     return results
 
@@ -192,7 +185,7 @@ def test_two_processes_draw_the_doubled_batch_and_train_as_one_process_does(data
             drawn = [ranks[r][name]["samples"][step] for r in range(WORLD)]
             assert not set(drawn[0]) & set(drawn[1]), (name, step, drawn)
             assert drawn[0] + drawn[1] == expected[step], (name, step)  # rank r: the r-th half of the batch
-        got = _losses(ddp / name)
+        got = logged_losses(ddp / name)
         assert sorted(got) == steps
         for step in steps:
             assert got[step] == pytest.approx(single[name]["losses"][step], rel=1e-5, abs=1e-7), (name, step)
@@ -211,7 +204,7 @@ def test_two_processes_draw_the_doubled_batch_and_train_as_one_process_does(data
     for r in range(WORLD):
         assert ranks[r]["cut"]["samples"] == {0: ranks[r]["stage2"]["samples"][0]}
         assert ranks[r]["resumed"]["samples"] == {1: ranks[r]["stage2"]["samples"][1]}
-    cut, full = _losses(ddp / "cut"), _losses(ddp / "stage2")
+    cut, full = logged_losses(ddp / "cut"), logged_losses(ddp / "stage2")
     assert sorted(cut) == [0, 1]
     for step in (0, 1):
         assert cut[step] == pytest.approx(full[step], rel=1e-5, abs=1e-7)
@@ -243,7 +236,7 @@ def test_the_train_command_on_two_processes_matches_one_process_and_reports_once
     assert done.returncode == 0, done.stderr[-4000:]
     assert [line for line in done.stderr.splitlines() if line.startswith("lrmesh:")] == [
         f"lrmesh: trained to step 2; model: {tmp_path / 'run'}"]
-    got = _losses(tmp_path / "run")
+    got = logged_losses(tmp_path / "run")
     assert sorted(got) == [0, 1]
     for step in (0, 1):
         assert got[step] == pytest.approx(single["stage1"]["losses"][step], rel=1e-5, abs=1e-7)

@@ -3,7 +3,6 @@ sampling (source re-posed to the canonical camera, random backgrounds) and its T
 
 from __future__ import annotations
 
-import csv
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from lrmesh.train.config import load_train_config
 from lrmesh.train.data import MultiviewDataset, list_objects
 from lrmesh.train.losses import plane_tv
 from lrmesh.train.run import train
+from tests.train.helpers import logged_losses
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,6 @@ def _cfg(root, output, *extra):
     return load_train_config("openlrm-tiny", [f"data.root={root}", f"output={output}", "log_every=1", *extra])
 
 
-def _losses(output):
-    rows = {}
-    for path in sorted(output.glob("logs/version_*/metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                if row.get("loss"):
-                    rows[int(float(row["train/step"]))] = float(row["loss"])
-    return rows
-
 
 @pytest.mark.slow
 def test_two_steps_then_resume_repeats_the_curve_and_writes_a_release(tiny_data, tmp_path):
@@ -49,7 +40,7 @@ def test_two_steps_then_resume_repeats_the_curve_and_writes_a_release(tiny_data,
     train(_cfg(tiny_data, tmp_path / "cut", "max_steps=2"), progress=False)
     resumed = train(_cfg(tiny_data, tmp_path / "cut", "max_steps=4"), resume=True, progress=False)
     assert resumed.global_step == 4
-    expected, got = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    expected, got = logged_losses(tmp_path / "full"), logged_losses(tmp_path / "cut")
     assert sorted(expected) == sorted(got) == [0, 1, 2, 3]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)

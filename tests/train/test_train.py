@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 
@@ -23,6 +22,7 @@ from lrmesh.train.config import load_train_config
 from lrmesh.train.data import MultiviewDataset, crop_intrinsics, list_objects
 from lrmesh.train.module import TrainingDiverged, nerf_to_mesh_state
 from lrmesh.train.run import last_checkpoint, train
+from tests.train.helpers import logged_losses
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,6 @@ def _cfg(name, root, output, *extra):
     return load_train_config(name, [f"data.root={root}", f"output={output}", "loss.lpips=0", "log_every=1",
                                     *extra])
 
-
-def _losses(output):
-    rows = {}
-    for path in sorted(output.glob("logs/version_*/metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                if row.get("loss"):
-                    rows[int(float(row["train/step"]))] = float(row["loss"])
-    return rows
 
 
 @pytest.mark.slow
@@ -63,7 +54,7 @@ def test_two_steps_of_each_stage_then_resume_repeats_the_same_curve(tiny_data, t
     resumed = train(_cfg("tiny-stage2", tiny_data, tmp_path / "cut", f"init={init}", "max_steps=4"), resume=True,
                     progress=False)
     assert resumed.global_step == 4
-    expected, got = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    expected, got = logged_losses(tmp_path / "full"), logged_losses(tmp_path / "cut")
     assert sorted(expected) == sorted(got) == [0, 1, 2, 3]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
@@ -343,4 +334,4 @@ def test_two_steps_with_random_input_views_in_batches_of_two(tiny_data, tmp_path
     cfg = _cfg("tiny-stage1", tiny_data, tmp_path, "max_steps=2", "batch_size=2", "data.random_input_views=[2, 4]",
                "data.num_target_views=2", "checkpoint_every=2", "validate_every=100")
     train(cfg, progress=False)
-    assert len(_losses(tmp_path)) == 2
+    assert len(logged_losses(tmp_path)) == 2
