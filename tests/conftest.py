@@ -87,3 +87,26 @@ def bad_resume_checkpoints(tmp_path) -> tuple[dict[str, bytes], Path]:
         "another model": good_layout,
         "needs code": saved({"state_dict": {}, "global_step": 0, "hook": _RunsCodeWhenUnpickled(marker)}),
     }, marker
+
+
+@pytest.fixture()
+def refuses_bad_resume(bad_resume_checkpoints, capsys):
+    """check(argv, out): with each bad OUT/checkpoints/last.ckpt, `lrmesh ARGV --resume` is one error line naming the
+    file and why, exit 2; no code from the file ran and nothing but the checkpoint folder is in OUT."""
+    from lrmesh.cli import main
+
+    files, marker = bad_resume_checkpoints
+    reasons = {"truncated": "truncated", "not lightning": "not a Lightning training checkpoint",
+               "another model": "another model", "needs code": "needs code"}
+
+    def check(argv: list[str], out: Path) -> None:
+        ckpt = out / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        for kind, data in files.items():
+            ckpt.write_bytes(data)
+            assert main([*argv, "--resume", "-q"]) == 2, kind
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"lrmesh: error: {ckpt}: ") and reasons[kind] in err[0], err
+        assert not marker.exists() and sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+
+    return check

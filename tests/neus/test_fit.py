@@ -196,18 +196,8 @@ def test_background_model_fits_with_the_foreground(scene, tmp_path):
     assert any(key.startswith("model.background.") for key in state)
 
 
-def test_a_bad_last_checkpoint_is_one_error_line_naming_it(scene, tmp_path, bad_resume_checkpoints, capsys):
-    files, marker = bad_resume_checkpoints
-    ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    reasons = {"truncated": "truncated", "not lightning": "not a Lightning training checkpoint",
-               "another model": "another model", "needs code": "needs code"}
-    for kind, data in files.items():
-        ckpt.write_bytes(data)
-        assert main(["fit", str(scene), "-o", str(tmp_path / "out"), "--resume", "-q", *TINY]) == 2, kind
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"lrmesh: error: {ckpt}: ") and reasons[kind] in err[0], err
-    assert not marker.exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]
+def test_a_bad_last_checkpoint_is_one_error_line_naming_it(scene, tmp_path, refuses_bad_resume):
+    refuses_bad_resume(["fit", str(scene), "-o", str(tmp_path / "out"), *TINY], tmp_path / "out")
 
 
 def test_a_fit_on_several_devices_is_refused_in_one_line_before_anything_is_written(scene, tmp_path, capsys):
