@@ -399,7 +399,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a model on held-out objects with ground-truth meshes",
                        description="Reconstruct every object of a folder written by `lrmesh synth --layout zero123pp` "
-                                   "and score it against its gt.glb: Chamfer distance, F-score at 0.1 and 0.2, "
+                                   "(from its grid.png, or from renders of its ground truth at SV3D or random poses: "
+                                   "--inputs) and score it against its gt.glb: Chamfer distance, F-score at 0.1 and 0.2, "
                                    "volume IoU, and novel-view PSNR / SSIM / LPIPS (LPIPS only when its weights are "
                                    "already on disk), beside an oracle sphere baseline. Writes metrics.csv and "
                                    "summary.json and prints the means.")
@@ -415,6 +416,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gt-surface", choices=("outer", "all"), default="outer",
                    help="ground-truth surface for Chamfer / F-score: the outer surface of its parts' union "
                         "(default), or every triangle, hidden inner surfaces included")
+    p.add_argument("--inputs", choices=("grid", "sv3d", "random"), default="grid",
+                   help="what the model reconstructs from: each object's grid.png (default), its ground truth "
+                        "rendered at the 21 SV3D orbit poses, or rendered at --random-views random training "
+                        "poses whose cameras are normalised as posed photos' are")
+    p.add_argument("--random-views", type=positive_int, default=6,
+                   help="views per object with --inputs random (default 6)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -425,7 +432,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from lrmesh.checkpoints import load_model
-    from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, evaluate_folder, find_objects, format_table
+    from lrmesh.evaluate import CSV_NAME, SUMMARY_NAME, InputViews, evaluate_folder, find_objects, format_table
     from lrmesh.metrics import GeometryProtocol
 
     find_objects(args.folder)  # a folder without objects is an error before the model loads
@@ -441,7 +448,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # skipped objects and LPIPS as one line each, above the progress bar
         warnings.showwarning = lambda message, *_, **__: tqdm.write(f"lrmesh: warning: {message}", file=sys.stderr)
         summary = evaluate_folder(model, args.folder, output, limit=args.limit, device=device, seed=args.seed,
-                                  geometry=GeometryProtocol(gt_surface=args.gt_surface), show_progress=not args.quiet)
+                                  geometry=GeometryProtocol(gt_surface=args.gt_surface), show_progress=not args.quiet,
+                                  inputs=InputViews(args.inputs, args.random_views))
     print(format_table(summary))
     say(f"lrmesh: wrote {output / CSV_NAME} and {output / SUMMARY_NAME}")
     return 0

@@ -4,6 +4,11 @@ Input: a folder written by `lrmesh synth --layout zero123pp` (see `lrmesh.data.m
 object holding `grid.png` (the six input views), `cameras.json` (their (6, 16) encoder cameras; the Zero123++
 cameras when absent) and `gt.glb` (the ground truth, in the model frame).
 
+The model reconstructs each object from one of three inputs (`InputViews`): the grid as written ("grid"), or
+views rendered from the ground truth as the other inputs of `lrmesh reconstruct` would bring them: an SV3D orbit
+("sv3d") or random posed views ("random") whose cameras go through the posed-photo normalisation, the mesh
+carried back to the ground truth's frame before it is scored.
+
 Per object and method, the metrics of `lrmesh.metrics` (the InstantMesh protocol):
 
 - geometry against the ground truth (its outer surface by default, `GeometryProtocol.gt_surface`): Chamfer
@@ -27,18 +32,22 @@ import json
 import math
 import sys
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lrmesh.cameras import ZERO123PP_FOV, ZERO123PP_RADIUS, turntable_poses, zero123pp_cameras
-from lrmesh.data.multiview import GRID_CAMERAS, GRID_IMAGE, GT_MESH
+from lrmesh.cameras import (SV3D_FOV, ZERO123PP_FOV, ZERO123PP_RADIUS, sv3d_cameras, sv3d_poses, turntable_poses,
+                            zero123pp_cameras)
+from lrmesh.data.multiview import GRID_CAMERAS, GRID_IMAGE, GT_MESH, TRAINING_FOV, training_poses
 from lrmesh.errors import LrmeshError
-from lrmesh.geometry.mesh import Mesh
+from lrmesh.geometry.mesh import Mesh, transform_similarity
 from lrmesh.io.mesh import load_mesh
+from lrmesh.io.posed import posed_cameras
 from lrmesh.io.views import load_views
 from lrmesh.metrics import (
     GeometryProtocol,
@@ -83,6 +92,37 @@ class NovelViews:
         return turntable_poses(self.count, self.radius, self.elevation_deg)
 
 
+INPUT_KINDS = ("grid", "sv3d", "random")
+RANDOM_INPUTS_STREAM = 4  # random input poses of object <name> come from default_rng([4, seed, crc32(name)])
+
+
+@dataclass
+class InputViews:
+    """What the model reconstructs each object from.
+
+    - "grid": the object's grid.png with its cameras.json, the Zero123++ views `lrmesh synth` rendered;
+    - "sv3d": the ground truth rendered at the 21 SV3D_u orbit poses (`lrmesh.cameras.sv3d_poses`: frame 0 at
+      azimuth 0, elevation 0, radius 4, fov 30) with the cameras `lrmesh reconstruct orbit.mp4` gives them (the
+      frames go in as rendered, without a video codec's loss);
+    - "random": `count` views at the data engine's random training poses (`lrmesh.data.multiview.training_poses`:
+      fov 50, distance 2 - 3.5, any azimuth), drawn per object, whose cameras are normalised as posed photos'
+      are (`lrmesh.io.posed.posed_cameras`: centred on where the axes meet, turned, scaled); the mesh is carried
+      back by that normalisation's similarity, as `lrmesh reconstruct DIR --cameras` writes it.
+
+    Rendered inputs are `resolution` px, composited on white like the grids.
+    """
+
+    kind: str = "grid"
+    count: int = 6  # views, "random" only
+    resolution: int = 320
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS:
+            raise LrmeshError(f"inputs must be one of {', '.join(INPUT_KINDS)}, got {self.kind!r}")
+        if self.count < 1:
+            raise LrmeshError(f"the number of random views must be at least 1, got {self.count}")
+
+
 @dataclass
 class EvalObject:
     """One object's inputs and ground truth, read from its folder."""
@@ -91,6 +131,7 @@ class EvalObject:
     views: Tensor  # (6, 3, 320, 320) in [0, 1]
     cameras: Tensor  # (6, 16) encoder cameras
     gt: Mesh  # model frame, on the CPU
+    to_gt: Tensor | None = None  # (4, 4) similarity from the cameras' model frame to the gt's; None: the same
 
 
 @dataclass
@@ -102,6 +143,7 @@ class EvalSettings:
     seed: int
     device: torch.device
     lpips: torch.nn.Module | None
+    inputs: InputViews = field(default_factory=InputViews)
     poses: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,21 +177,37 @@ def load_object(path: Path) -> EvalObject:
     return EvalObject(path.name, views, cameras, gt)
 
 
+def rendered_inputs(item: EvalObject, inputs: InputViews, seed: int, device: torch.device) -> EvalObject:
+    """`item` with its views and cameras replaced by the rendered inputs `inputs` names (see `InputViews`)."""
+    if inputs.kind == "grid":
+        return item
+    if inputs.kind == "sv3d":
+        views = _on_white(item.gt, sv3d_poses(), SV3D_FOV, inputs.resolution, device)
+        return EvalObject(item.name, views, sv3d_cameras(), item.gt)
+    rng = np.random.default_rng([RANDOM_INPUTS_STREAM, seed, zlib.crc32(item.name.encode())])
+    c2w = training_poses(rng, inputs.count)
+    cameras, to_gt = posed_cameras(c2w.double().numpy(), TRAINING_FOV)
+    views = _on_white(item.gt, c2w, TRAINING_FOV, inputs.resolution, device)
+    return EvalObject(item.name, views, cameras, item.gt, to_gt)
+
+
 def evaluate_folder(model: LRM, folder: str | Path, output_dir: str | Path, limit: int | None = None,
                     novel_views: NovelViews | None = None, geometry: GeometryProtocol | None = None,
-                    device: torch.device | str | None = None, seed: int = 0, show_progress: bool = True) -> dict:
+                    device: torch.device | str | None = None, seed: int = 0, show_progress: bool = True,
+                    inputs: InputViews | None = None) -> dict:
     """Reconstruct and score every object in `folder` (the first `limit` by name), writing metrics.csv and
     summary.json in `output_dir`; returns the summary (see `summarise`).
 
     Objects that cannot be read are skipped with a warning naming them. `device` (default: the model's) runs the
-    renders and winding numbers; `seed` fixes the surface and volume samples.
+    renders and winding numbers; `seed` fixes the surface and volume samples and the random input poses;
+    `inputs` (default: the grids) says what the model reconstructs from.
     """
     if limit is not None and limit < 1:
         raise LrmeshError(f"limit must be at least 1, got {limit}")
     objects = find_objects(folder)[:limit]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     settings = EvalSettings(novel_views or NovelViews(), geometry or GeometryProtocol(), seed, device,
-                         load_lpips(LPIPS_NET))
+                            load_lpips(LPIPS_NET), inputs or InputViews())
     if settings.lpips is not None:
         settings.lpips = settings.lpips.to(device)
     output_dir = Path(output_dir)
@@ -183,7 +241,10 @@ def evaluate_folder(model: LRM, folder: str | Path, output_dir: str | Path, limi
 
 def evaluate_object(model: LRM, item: EvalObject, settings: EvalSettings) -> list[dict]:
     """Reconstruct one object and score the model and the sphere baseline -> one row per method."""
+    item = rendered_inputs(item, settings.inputs, settings.seed, settings.device)
     predicted = reconstruct(model, item.views.to(settings.device), item.cameras.to(settings.device)).mesh
+    if item.to_gt is not None:
+        predicted = transform_similarity(predicted, item.to_gt)
     truth = prepare_ground_truth(item.gt, settings.geometry, settings.seed, settings.device)
     target = _render(item.gt, settings)
     rows = []
@@ -216,9 +277,14 @@ def _mean_colour(mesh: Mesh) -> Tensor | None:
 def _render(mesh: Mesh, settings: EvalSettings) -> Tensor:
     """Novel views of `mesh` composited on white -> (N, 3, H, W) in [0, 1]."""
     views = settings.novel_views
-    renders = render_views(mesh.to(settings.device), settings.poses, views.fov_deg, views.resolution)
+    return _on_white(mesh, settings.poses, views.fov_deg, views.resolution, settings.device)
+
+
+def _on_white(mesh: Mesh, c2w: Tensor, fov_deg: float, resolution: int, device: torch.device) -> Tensor:
+    """`mesh` rendered from OpenGL poses (N, 4, 4), composited on white -> (N, 3, H, W) in [0, 1], on the CPU."""
+    renders = render_views(mesh.to(device), c2w, fov_deg, resolution)
     alpha = renders.alpha[..., None]
-    return (renders.rgb * alpha + (1 - alpha)).permute(0, 3, 1, 2).clamp(0, 1)
+    return (renders.rgb * alpha + (1 - alpha)).permute(0, 3, 1, 2).clamp(0, 1).cpu()
 
 
 def _image_metrics(pred: Tensor, target: Tensor, lpips: torch.nn.Module | None) -> dict[str, float | None]:
@@ -231,7 +297,7 @@ def _image_metrics(pred: Tensor, target: Tensor, lpips: torch.nn.Module | None) 
 
 def summarise(rows: list[dict], skipped: list[dict], settings: EvalSettings, folder: str | Path) -> dict:
     """{"folder", "objects" (evaluated), "skipped" [{"object", "reason"}], "lpips" (backbone or None), "seed",
-    "novel_views", "geometry" (settings), "means" {method: {metric: mean over objects, None if unavailable}}}."""
+    "inputs", "novel_views", "geometry" (settings), "means" {method: {metric: mean over objects, None if unavailable}}}."""
     metrics = [k for k in rows[0] if k not in ("object", "method", "faces")]
     means = {}
     for method in METHODS:
@@ -243,6 +309,7 @@ def summarise(rows: list[dict], skipped: list[dict], settings: EvalSettings, fol
         "skipped": skipped,
         "lpips": None if settings.lpips is None else LPIPS_NET,
         "seed": settings.seed,
+        "inputs": asdict(settings.inputs),
         "novel_views": asdict(settings.novel_views),
         "geometry": asdict(settings.geometry),
         "means": means,

@@ -91,10 +91,17 @@ def load_posed_photos(folder: str | os.PathLike, transforms: str | os.PathLike,
     fov = math.degrees(2 * math.atan(side / (2 * focal)))  # of the centre square, horizontal = vertical
     top, left = (height - side) // 2, (width - side) // 2
     squares = torch.stack([img[:, top:top + side, left:left + side] for img in images])
-    to_world = normalise_cameras(frames.c2w, fov, radius, [p.name for p in frames.paths])
-    c2w = transform_poses(np.linalg.inv(to_world), frames.c2w)
-    cameras = encoder_cameras(torch.from_numpy(c2w).float(), fov)
-    return PosedViews(to_view_size(squares, frames.paths), cameras, torch.from_numpy(to_world))
+    cameras, to_world = posed_cameras(frames.c2w, fov, radius, [p.name for p in frames.paths])
+    return PosedViews(to_view_size(squares, frames.paths), cameras, to_world)
+
+
+def posed_cameras(c2w: np.ndarray, fov_deg: float, radius: float = ZERO123PP_RADIUS,
+                  names: list[str] | None = None) -> tuple[Tensor, Tensor]:
+    """OpenGL poses (N, 4, 4) float64 in any world frame, square views of `fov_deg` -> their encoder cameras in
+    the model frame (N, 16) and the similarity model frame -> world (4, 4) float64 (`normalise_cameras`)."""
+    to_world = normalise_cameras(c2w, fov_deg, radius, names)
+    model_c2w = transform_poses(np.linalg.inv(to_world), c2w)
+    return encoder_cameras(torch.from_numpy(model_c2w).float(), fov_deg), torch.from_numpy(to_world)
 
 
 def normalise_cameras(c2w: np.ndarray, fov_deg: float, radius: float = ZERO123PP_RADIUS,
