@@ -6,8 +6,9 @@
   weights per cube; the mesh by FlexiCubes; colour queried at points.
 
 Mesh extraction is where the reference spends its time and memory (all 2.1 M cubes of the 128^3 grid go
-through the weight MLP at once). Here every grid query is chunked, and the deformation and weight heads run
-only where they change the result: on the vertices and cubes that the surface crosses.
+through the weight MLP at once). Here every grid query runs through plane tables on the lattice
+(`lrmesh.model.lattice`: no per-point triplane sampling or first-layer product), chunked, and the deformation
+and weight heads run only where they change the result: on the vertices and cubes that the surface crosses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from lrmesh.cameras import pixel_rays
 from lrmesh.config import SynthesizerConfig
 from lrmesh.geometry.flexicubes import flexicubes_extract, flexicubes_grid, surface_cube_mask
 from lrmesh.geometry.mesh import Mesh
-from lrmesh.model.decoders import MeshDecoder, NerfDecoder, NerfSample
+from lrmesh.model.decoders import FLEXI_WEIGHT_SCALE, MeshDecoder, NerfDecoder, NerfSample
+from lrmesh.model.lattice import at_points, cube_plane_terms, lattice_index, linears, on_lattice, plane_terms
 from lrmesh.model.triplane import sample_triplanes, sample_triplanes_on_lattice
 from lrmesh.render.volume import RenderOutput, render_rays
 
@@ -147,34 +149,14 @@ class NerfSynthesizer(nn.Module):
         at (x_i, y_j, z_k). planes: (1, 3, C, H, W).
 
         The same numbers as querying every grid point (`query`), up to float32 rounding, for a fraction of the
-        work: the decoder's first layer is linear and the plane sampling is bilinear, so W1 [f0; f1; f2] =
-        W1_0 f0 + W1_1 f1 + W1_2 f2, and plane p's term depends only on the point's two coordinates on that
-        plane. Each term is computed once on the res x res lattice (`sample_triplanes_on_lattice`) and the
-        three are broadcast-added per x-slab; only the later layers run on every point, in slabs of about
-        POINT_CHUNK points.
+        work: the first layer's three plane terms are res x res tables and only the later layers run on every
+        point (`lrmesh.model.lattice`), in slabs of about POINT_CHUNK points.
         """
         axis = torch.linspace(-1, 1, res, device=planes.device)
-        first, *hidden_layers, last = [m for m in self.decoder.net if isinstance(m, nn.Linear)]  # ReLU between
-        c = planes.shape[2]
+        first, *rest = linears(self.decoder.net)
         lattice = sample_triplanes_on_lattice(planes, axis, self.cfg.box_warp)
-        xy, xz, zy = (f @ first.weight[:, p * c:(p + 1) * c].T for p, f in enumerate(lattice))  # (res, res, H)
-        xz = xz + first.bias
-        yz = zy.transpose(0, 1).contiguous()  # (y, z, H)
-        slab = max(1, POINT_CHUNK // (res * res))
-        out = torch.empty(res, res, res, device=planes.device)
-        # Two hidden buffers reused slab after slab: fresh 64 MB tensors per op cost more in page faults than
-        # the arithmetic (measured: the broadcast add 4x, each 64x64 product 2x on the CPU).
-        width = xy.shape[-1]
-        buffers = [torch.empty(slab, res, res, width, device=planes.device) for _ in range(2)]
-        for i in range(0, res, slab):
-            n = min(slab, res - i)
-            h, spare = buffers[0][:n], buffers[1][:n].view(-1, width)
-            torch.add(xy[i:i + n, :, None], xz[i:i + n, None], out=h)
-            h = h.add_(yz[None]).relu_().view(-1, width)  # (n * res * res, H)
-            for layer in hidden_layers:
-                h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
-            # only the density row of the last layer (output 0); colours are queried at the vertices later
-            out[i:i + n] = torch.addmm(last.bias[:1], h, last.weight[:1].T).view(n, res, res)
+        # only the density row of the last layer (output 0); colours are queried at the vertices later
+        out = on_lattice(plane_terms(lattice, first), rest, POINT_CHUNK, rows=1)[..., 0]
         return F.softplus(out - 1)
 
 
@@ -242,16 +224,23 @@ class MeshSynthesizer(nn.Module):
         verts, cubes = self.grid(planes.device)
         if progress:
             progress("grid query")
-        sdf = _chunked(lambda p: self.decoder.sdf(self.features(planes, p)), verts)[:, 0]  # (N,)
-        sdf = self.fix_empty_sdf(sdf)
+        # Every head through its plane tables on the grid lattice (lrmesh.model.lattice): the same numbers as
+        # grid_fields up to float32 rounding. The grid's axis is the z of vertices (0, 0, k), alike on every axis.
+        side = self.cfg.grid_res + 1
+        lattice = sample_triplanes_on_lattice(planes, verts[:side, 2], self.cfg.box_warp)
+        first, *rest = linears(self.decoder.net_sdf)
+        sdf = self.fix_empty_sdf(on_lattice(plane_terms(lattice, first), rest, POINT_CHUNK).reshape(-1))  # (N,)
         surface = surface_cube_mask(sdf, cubes)  # (M,)
-        surface_cubes = cubes[surface]  # (S, 8)
         # Only vertices of surface cubes can move a mesh vertex, and only surface cubes need weights.
-        used, corner_slot = torch.unique(surface_cubes, return_inverse=True)  # (K,), (S, 8)
-        feats = _chunked(lambda p: self.features(planes, p), verts[used])  # (K, 3C)
+        used = torch.unique(cubes[surface])  # (K,)
+        first, *rest = linears(self.decoder.net_deformation)
         deformed = verts.clone()
-        deformed[used] += self.scale_deformation(_chunked(self.decoder.deformation, feats))
-        weights = _chunked(lambda slots: self.decoder.weights(feats[slots]), corner_slot, POINT_CHUNK // 8)
+        deformed[used] += self.scale_deformation(
+            at_points(plane_terms(lattice, first), lattice_index(used, side), rest, POINT_CHUNK))
+        first, *rest = linears(self.decoder.net_weight)
+        surface_ids = surface.nonzero()[:, 0]  # (S,)
+        weights = at_points(cube_plane_terms(lattice, first), lattice_index(surface_ids, self.cfg.grid_res), rest,
+                            POINT_CHUNK) * FLEXI_WEIGHT_SCALE  # (S, 21), as MeshDecoder.weights
         if progress:
             progress("flexicubes")
         fc = flexicubes_extract(deformed, sdf, cubes, self.cfg.grid_res, surface, weights)

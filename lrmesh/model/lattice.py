@@ -1,0 +1,131 @@
+"""Decoder MLPs on a regular lattice of points, for the price of a few plane-sized products.
+
+A decoder head is an MLP on triplane features [f0; f1; f2] (`lrmesh.model.triplane`). Its first layer is linear,
+so its pre-activation is W_0 f0 + W_1 f1 + W_2 f2 + b, and at a lattice point (x_i, y_j, z_k) plane p's feature
+depends only on the point's two coordinates on that plane. Each term W_p f_p is therefore a (G, G, H) table over
+the plane's G x G lattice (`plane_terms`), computed once, and a point's pre-activation is three table entries
+added: no triplane sampling per point and no first-layer product per point, which at InstantMesh's sizes
+(3 x 80 features in, 64 hidden) is most of a head's work. Only the later, narrow layers run per point.
+
+The FlexiCubes weight head takes the features of a cube's 8 corners (8 x 3C in); corner k of cube (cx, cy, cz)
+is the lattice point (cx, cy, cz) + offset_k, so plane p's share of the pre-activation, summed over the 8
+corners, depends only on the cube's two coordinates on plane p as well (`cube_plane_terms`): the same three-table
+form on the cube lattice, which removes the 1920-wide product per surface cube.
+
+The numbers are those of querying every point (`MeshSynthesizer.grid_fields`, `NerfSynthesizer.query`) up to
+float32 rounding: the features are sampled by the same `grid_sample` at the same coordinates; only the order of
+the first layer's sums changes. Written here because no library evaluates a factorised first layer; plain
+PyTorch, so it runs alike on CPU and GPU.
+
+Conventions: plane p's table [m, n] is at its (column, row) axes `PLANE_AXES[p]` (`sample_triplanes_on_lattice`):
+xy [x, y], xz [x, z], zy [z, y].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lrmesh.geometry.flexicubes_tables import CUBE_CORNERS
+from lrmesh.model.triplane import PLANE_AXES
+
+Terms = tuple[Tensor, Tensor, Tensor]  # xy, xz, zy tables (A, A, H): a first layer's pre-activation, bias in xz
+
+
+def linears(net: nn.Sequential) -> list[nn.Linear]:
+    """The linear layers of an `lrmesh.model.decoders.mlp` stack, in order (ReLU between them)."""
+    return [m for m in net if isinstance(m, nn.Linear)]
+
+
+def plane_terms(lattice: list[Tensor], first: nn.Linear) -> Terms:
+    """Plane features on the lattice (three (G, G, C), `sample_triplanes_on_lattice`) and a head's first layer
+    (in 3C) -> its pre-activation terms: plane p's (G, G, H) table W_p f_p, the bias added to the xz table."""
+    c = lattice[0].shape[-1]
+    xy, xz, zy = (f @ first.weight[:, p * c:(p + 1) * c].T for p, f in enumerate(lattice))
+    return xy, xz + first.bias, zy
+
+
+def cube_plane_terms(lattice: list[Tensor], first: nn.Linear) -> Terms:
+    """The same for the FlexiCubes weight head (in 8 x 3C: corner k's features at columns k * 3C ..., corners in
+    `CUBE_CORNERS` order) on the cube lattice: three (G - 1, G - 1, H) tables; entry [m, n] of plane p holds the
+    sum over the 8 corners of cube m, n's plane-p terms. Corners with the same offset on a plane share a lattice
+    point there, so their weight blocks are added before the product (4 products per plane, not 8)."""
+    c = lattice[0].shape[-1]
+    cells = lattice[0].shape[0] - 1
+    tables = []
+    for p, (a, b) in enumerate(PLANE_AXES):
+        table = None
+        for da in (0, 1):
+            for db in (0, 1):
+                corners = [k for k, offset in enumerate(CUBE_CORNERS) if (offset[a], offset[b]) == (da, db)]
+                weight = sum(first.weight[:, (3 * k + p) * c:(3 * k + p + 1) * c] for k in corners)  # (H, C)
+                term = (lattice[p] @ weight.T)[da:da + cells, db:db + cells]
+                table = term if table is None else table + term
+        tables.append(table)
+    xy, xz, zy = tables
+    return xy, xz + first.bias, zy
+
+
+def _out_dim(layers: list[nn.Linear], width: int, rows: int | None) -> int:
+    return rows if rows is not None else layers[-1].out_features if layers else width
+
+
+def _rest(h: Tensor, layers: list[nn.Linear], rows: int | None) -> Tensor:
+    """The layers after the first on pre-activations h (P, H): ReLU, hidden layers, the last layer's first `rows`
+    outputs (all when None)."""
+    if not layers:
+        return h if rows is None else h[:, :rows]
+    *hidden, last = layers
+    h = h.relu()
+    for layer in hidden:
+        h = torch.addmm(layer.bias, h, layer.weight.T).relu_()
+    weight, bias = (last.weight, last.bias) if rows is None else (last.weight[:rows], last.bias[:rows])
+    return torch.addmm(bias, h, weight.T)
+
+
+def at_points(terms: Terms, index: Tensor, layers: list[nn.Linear], chunk: int, rows: int | None = None) -> Tensor:
+    """The head at lattice points index (P, 3) (integer x, y, z) -> (P, out); `layers` are the head's linear
+    layers after the first. Chunks of `chunk` points."""
+    xy, xz, zy = (t.reshape(-1, t.shape[-1]) for t in terms)
+    side = terms[0].shape[1]
+    outs = []
+    for start in range(0, index.shape[0], chunk):
+        x, y, z = index[start:start + chunk].unbind(-1)
+        h = xy.index_select(0, x * side + y)
+        h += xz.index_select(0, x * side + z)
+        h += zy.index_select(0, z * side + y)
+        outs.append(_rest(h, layers, rows))
+    return torch.cat(outs) if outs else xy.new_zeros(0, _out_dim(layers, xy.shape[1], rows))
+
+
+def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int, rows: int | None = None) -> Tensor:
+    """The head at every point of the lattice -> (G, G, G, out), [i, j, k] at (x_i, y_j, z_k); in x-slabs of
+    about `chunk` points, two hidden buffers reused slab after slab (fresh 64 MB tensors per op cost more in
+    page faults than the arithmetic on the CPU: measured, the broadcast add 4x, each 64 x 64 product 2x)."""
+    xy, xz, zy = terms
+    g, width = xy.shape[0], xy.shape[-1]
+    yz = zy.transpose(0, 1).contiguous()  # (y, z, H)
+    out_dim = _out_dim(layers, width, rows)
+    out = xy.new_empty(g, g, g, out_dim)
+    slab = max(1, chunk // (g * g))
+    buffers = [xy.new_empty(slab, g, g, width) for _ in range(2)]
+    for i in range(0, g, slab):
+        n = min(slab, g - i)
+        h, spare = buffers[0][:n], buffers[1][:n].view(-1, width)
+        torch.add(xy[i:i + n, :, None], xz[i:i + n, None], out=h)
+        h = h.add_(yz[None]).view(-1, width)  # (n * g * g, H)
+        if not layers:
+            out[i:i + n] = h.view(n, g, g, width)[..., :out_dim]
+            continue
+        *hidden, last = layers
+        h = h.relu_()
+        for layer in hidden:
+            h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
+        weight, bias = (last.weight, last.bias) if rows is None else (last.weight[:rows], last.bias[:rows])
+        out[i:i + n] = torch.addmm(bias, h, weight.T).view(n, g, g, out_dim)
+    return out
+
+
+def lattice_index(ids: Tensor, side: int) -> Tensor:
+    """Flat ids of a side^3 lattice in [x, y, z] order (id = (x * side + y) * side + z) -> (P, 3) integer x, y, z."""
+    return torch.stack([ids // (side * side), (ids // side) % side, ids % side], dim=-1)
