@@ -29,6 +29,9 @@ from torch import Tensor, nn
 from lrmesh.geometry.flexicubes_tables import CUBE_CORNERS
 from lrmesh.model.triplane import PLANE_AXES
 
+# Points per block of `on_lattice`: 8192 x 64 hidden x 4 bytes = 2 MiB per buffer, about a core's L2 cache.
+LATTICE_CHUNK = 2**13
+
 Terms = tuple[Tensor, Tensor, Tensor]  # xy, xz, zy tables (A, A, H): a first layer's pre-activation, bias in xz
 
 
@@ -98,31 +101,37 @@ def at_points(terms: Terms, index: Tensor, layers: list[nn.Linear], chunk: int, 
     return torch.cat(outs) if outs else xy.new_zeros(0, _out_dim(layers, xy.shape[1], rows))
 
 
-def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int, rows: int | None = None) -> Tensor:
-    """The head at every point of the lattice -> (G, G, G, out), [i, j, k] at (x_i, y_j, z_k); in x-slabs of
-    about `chunk` points, two hidden buffers reused slab after slab (fresh 64 MB tensors per op cost more in
-    page faults than the arithmetic on the CPU: measured, the broadcast add 4x, each 64 x 64 product 2x)."""
+def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int = LATTICE_CHUNK, rows: int | None = None) -> Tensor:
+    """The head at every point of the lattice -> (G, G, G, out), [i, j, k] at (x_i, y_j, z_k).
+
+    In blocks of about `chunk` points (one x, a run of y, every z), through two hidden buffers reused block after
+    block: the per-point work is a few passes over (points, H) tensors, bound by memory traffic, so blocks that
+    stay in the core's cache run faster than large ones (bench/lattice.py) and fresh tensors per op would cost
+    more in page faults than the arithmetic.
+    """
     xy, xz, zy = terms
     g, width = xy.shape[0], xy.shape[-1]
     yz = zy.transpose(0, 1).contiguous()  # (y, z, H)
     out_dim = _out_dim(layers, width, rows)
     out = xy.new_empty(g, g, g, out_dim)
-    slab = max(1, chunk // (g * g))
-    buffers = [xy.new_empty(slab, g, g, width) for _ in range(2)]
-    for i in range(0, g, slab):
-        n = min(slab, g - i)
-        h, spare = buffers[0][:n], buffers[1][:n].view(-1, width)
-        torch.add(xy[i:i + n, :, None], xz[i:i + n, None], out=h)
-        h = h.add_(yz[None]).view(-1, width)  # (n * g * g, H)
-        if not layers:
-            out[i:i + n] = h.view(n, g, g, width)[..., :out_dim]
-            continue
-        *hidden, last = layers
-        h = h.relu_()
-        for layer in hidden:
-            h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
+    run = max(1, min(g, chunk // g))  # y rows per block
+    buffers = [xy.new_empty(run * g, width) for _ in range(2)]
+    *hidden, last = layers or [None]
+    if last is not None:
         weight, bias = (last.weight, last.bias) if rows is None else (last.weight[:rows], last.bias[:rows])
-        out[i:i + n] = torch.addmm(bias, h, weight.T).view(n, g, g, out_dim)
+    for i in range(g):
+        for j in range(0, g, run):
+            n = min(run, g - j)
+            h, spare = buffers[0][:n * g], buffers[1][:n * g]
+            torch.add(xy[i, j:j + n, None], xz[i, None], out=h.view(n, g, width))
+            h.view(n, g, width).add_(yz[j:j + n])  # (n * g, H): the first layer's pre-activation
+            if last is None:
+                out[i, j:j + n] = h.view(n, g, width)[..., :out_dim]
+                continue
+            h.relu_()
+            for layer in hidden:
+                h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
+            out[i, j:j + n] = torch.addmm(bias, h, weight.T).view(n, g, out_dim)
     return out
 
 

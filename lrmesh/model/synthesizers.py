@@ -150,13 +150,13 @@ class NerfSynthesizer(nn.Module):
 
         The same numbers as querying every grid point (`query`), up to float32 rounding, for a fraction of the
         work: the first layer's three plane terms are res x res tables and only the later layers run on every
-        point (`lrmesh.model.lattice`), in slabs of about POINT_CHUNK points.
+        point (`lrmesh.model.lattice`), in cache-sized blocks.
         """
         axis = torch.linspace(-1, 1, res, device=planes.device)
         first, *rest = linears(self.decoder.net)
         lattice = sample_triplanes_on_lattice(planes, axis, self.cfg.box_warp)
         # only the density row of the last layer (output 0); colours are queried at the vertices later
-        out = on_lattice(plane_terms(lattice, first), rest, POINT_CHUNK, rows=1)[..., 0]
+        out = on_lattice(plane_terms(lattice, first), rest, rows=1)[..., 0]
         return F.softplus(out - 1)
 
 
@@ -229,7 +229,7 @@ class MeshSynthesizer(nn.Module):
         side = self.cfg.grid_res + 1
         lattice = sample_triplanes_on_lattice(planes, verts[:side, 2], self.cfg.box_warp)
         first, *rest = linears(self.decoder.net_sdf)
-        sdf = self.fix_empty_sdf(on_lattice(plane_terms(lattice, first), rest, POINT_CHUNK).reshape(-1))  # (N,)
+        sdf = self.fix_empty_sdf(on_lattice(plane_terms(lattice, first), rest).reshape(-1))  # (N,)
         surface = surface_cube_mask(sdf, cubes)  # (M,)
         # Only vertices of surface cubes can move a mesh vertex, and only surface cubes need weights.
         used = torch.unique(cubes[surface])  # (K,)

@@ -42,10 +42,10 @@ def test_a_head_on_the_lattice_and_at_lattice_points_is_the_mlp_on_sampled_featu
         expected = head(sample_triplanes(planes, points[None])[0])  # (343, 5), [x, y, z] order
         first, *rest = linears(head)
         terms = plane_terms(sample_triplanes_on_lattice(planes, axis), first)
-        whole = on_lattice(terms, rest, chunk=100)  # slabs of two x-layers
+        whole = on_lattice(terms, rest, chunk=20)  # blocks of two y rows, the last one of one
         some = torch.tensor([0, 5, 48, 100, 342, 77])
         picked = at_points(terms, lattice_index(some, 7), rest, chunk=4)
-        two_rows = on_lattice(terms, rest, chunk=100, rows=2)
+        two_rows = on_lattice(terms, rest, chunk=20, rows=2)
     assert whole.shape == (7, 7, 7, 5)
     torch.testing.assert_close(whole.reshape(-1, 5), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(picked, expected[some], rtol=1e-5, atol=1e-5)
