@@ -60,6 +60,7 @@ class FlexiCubesMesh:
     faces: Tensor  # (F, 3) int64, wound so the normal points towards positive SDF (outwards)
     # L_dev of the paper (eq. 8): |distance(crossing, dual vertex) - its mean over the dual vertex|, one entry per
     # (dual vertex, edge) pair, shape (K,); exactly the reference's third return value (callers take the mean).
+    # Empty (0,) when not asked for (`flexicubes_extract(with_dev_loss=False)`, the inference default).
     dev_loss: Tensor
 
 
@@ -222,9 +223,10 @@ def _dual_vertices(
     beta: Tensor,
     alpha: Tensor,
     tab: _Tables,
+    with_dev_loss: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Dual vertices (V, 3), beta-weighted means of the alpha-shifted edge crossings (paper section 4.2), and L_dev."""
-    crossings = _interpolate_zero(sdf[edges], vertices[edges])  # (E, 3) plain linear crossings
+    """Dual vertices (V, 3), beta-weighted means of the alpha-shifted edge crossings (paper section 4.2), and L_dev
+    (empty unless with_dev_loss)."""
     entry_edge_id = slot_edge[layout.entry_cube, layout.entry_edge]  # (K,) ids into edges
     ends = edges[entry_edge_id]  # (K, 2)
     corner_pair = tab.cube_edges[layout.entry_edge]  # (K, 2) the cube corners at the edge's two ends
@@ -235,6 +237,9 @@ def _dual_vertices(
     num_vd = layout.vd_cube.numel()
     beta_sum = beta.new_zeros(num_vd, 1).index_add(0, layout.entry_vd, entry_beta)  # (V, 1)
     vd = shifted.new_zeros(num_vd, 3).index_add(0, layout.entry_vd, shifted * entry_beta) / beta_sum
+    if not with_dev_loss:
+        return vd, vd.new_zeros(0)
+    crossings = _interpolate_zero(sdf[edges], vertices[edges])  # (E, 3) plain linear crossings
     return vd, _dev_loss(vd, crossings[entry_edge_id], layout)
 
 
@@ -300,6 +305,7 @@ def flexicubes_extract(
     training: bool = False,
     weight_scale: float = 0.5,
     qef_reg_scale: float = 1e-3,
+    with_dev_loss: bool | None = None,
 ) -> FlexiCubesMesh:
     """Extract the FlexiCubes triangle mesh of the zero level set of `sdf`.
 
@@ -307,7 +313,8 @@ def flexicubes_extract(
     `flexicubes_grid(res, ...)` (the ambiguity check relies on its cube numbering); surface: (M,) bool from
     `surface_cube_mask`; weights: raw (S, 21) network weights of the surface cubes only, rows in ascending cube
     order, or None for plain Dual Marching Cubes (all weights 1). training: split quads into four triangles around
-    a differentiable centre instead of two. qef_reg_scale belongs to the reference's QEF mode, which is not
+    a differentiable centre instead of two. with_dev_loss: compute L_dev (default: when training; inference has no
+    use for it and skips its per-entry tensors). qef_reg_scale belongs to the reference's QEF mode, which is not
     implemented; it is accepted for signature parity and unused.
     """
     del qef_reg_scale
@@ -332,7 +339,8 @@ def flexicubes_extract(
     case = _case_ids(inside, surface_ids, res, tab)
     edges, slot_edge, edge_counts = _crossed_edges(corners, inside, vertices.shape[0], tab)
     layout = _dual_layout(case, tab)
-    vd, dev_loss = _dual_vertices(vertices, sdf, edges, slot_edge, layout, beta, alpha, tab)
+    vd, dev_loss = _dual_vertices(vertices, sdf, edges, slot_edge, layout, beta, alpha, tab,
+                                  training if with_dev_loss is None else with_dev_loss)
 
     slot_vd = torch.zeros_like(slot_edge)  # (S, 12) dual vertex serving each crossed cube edge
     slot_vd[layout.entry_cube, layout.entry_edge] = layout.entry_vd

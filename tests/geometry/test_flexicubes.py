@@ -104,7 +104,11 @@ def test_extract_matches_fixture(ref, fixture_inputs) -> None:
     # Same order as the reference, vertex for vertex and face for face (including winding).
     np.testing.assert_allclose(mesh.vertices.numpy(), ref["mesh_vertices"], rtol=0, atol=VERTEX_TOL)
     np.testing.assert_array_equal(mesh.faces.numpy(), ref["mesh_faces"])
-    assert mesh.dev_loss.ndim == 1 and torch.isfinite(mesh.dev_loss).all()
+    assert mesh.dev_loss.shape == (0,)  # inference skips L_dev unless asked for it
+    asked = _extract_fixture(fixture_inputs, with_dev_loss=True)
+    assert torch.equal(asked.vertices, mesh.vertices) and torch.equal(asked.faces, mesh.faces)
+    assert asked.dev_loss.ndim == 1 and asked.dev_loss.numel() >= mesh.vertices.shape[0]
+    assert torch.isfinite(asked.dev_loss).all()
 
 
 def _edge_use(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +141,7 @@ def test_sphere_is_closed_and_outward() -> None:
 
 
 def test_training_split(fixture_inputs) -> None:
-    plain = _extract_fixture(fixture_inputs)
+    plain = _extract_fixture(fixture_inputs, with_dev_loss=True)
     train = _extract_fixture(fixture_inputs, training=True)
     num_quads = plain.faces.shape[0] // 2
     assert train.faces.shape == (4 * num_quads, 3)
