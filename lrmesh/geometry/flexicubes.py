@@ -155,12 +155,15 @@ def _crossed_edges(corners: Tensor, inside: Tensor, num_vertices: int, tab: _Tab
     slot_edge (S, 12) giving each cube edge's id in that list or -1 where the edge has no sign change, and how many
     surface cubes hold each edge (E,) (4 for every edge off the grid boundary).
     """
-    ends = corners[:, tab.cube_edges]  # (S, 12, 2); every cube orients a shared edge the same way
-    crossed = inside[:, tab.cube_edges[:, 0]] != inside[:, tab.cube_edges[:, 1]]  # (S, 12)
-    key = ends[..., 0] * num_vertices + ends[..., 1]  # (S, 12); sorting keys = sorting (v0, v1) rows
-    unique_keys, inverse, counts = torch.unique(key[crossed], return_inverse=True, return_counts=True)
-    slot_edge = torch.full_like(key, -1)
-    slot_edge[crossed] = inverse
+    first, second = tab.cube_edges[:, 0], tab.cube_edges[:, 1]  # every cube orients a shared edge the same way
+    crossed = inside.index_select(1, first) != inside.index_select(1, second)  # (S, 12)
+    where = crossed.reshape(-1).nonzero().squeeze(1)  # row-major (cube, edge) positions of the crossed edges
+    cube, edge = where // NUM_EDGES, where % NUM_EDGES
+    # Sorting keys v0 * N + v1 sorts the (v0, v1) rows.
+    key = corners[cube, first[edge]] * num_vertices + corners[cube, second[edge]]
+    unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    slot_edge = torch.full(crossed.shape, -1, dtype=torch.long, device=corners.device)
+    slot_edge.view(-1)[where] = inverse
     edges = torch.stack([unique_keys // num_vertices, unique_keys % num_vertices], dim=-1)  # (E, 2)
     return edges, slot_edge, counts
 
@@ -184,16 +187,20 @@ def _dual_layout(case: Tensor, tab: _Tables) -> _DualLayout:
     """
     order = torch.sort(tab.num_vd[case], stable=True).indices  # (S,)
     groups = tab.dmc[case[order]]  # (S, 4, 7)
+    _, slots, width = groups.shape
     used = groups != -1
     vd_used = used[..., 0]  # (S, 4); a cube emitting n dual vertices fills rows 0..n-1
-    vd_id = (torch.cumsum(vd_used.reshape(-1), dim=0) - 1).reshape(vd_used.shape)  # (S, 4)
-    shape = groups.shape
+    # Row-major positions of the used entries and dual vertices (one nonzero each; mask indexing would repeat it).
+    entries = used.reshape(-1).nonzero().squeeze(1)  # (K,) into (S, 4, 7), ascending
+    vds = vd_used.reshape(-1).nonzero().squeeze(1)  # (V,) into (S, 4), ascending; dual vertex i is vds[i]
+    vd_id = torch.empty(vd_used.numel(), dtype=torch.long, device=case.device)
+    vd_id[vds] = torch.arange(vds.numel(), device=case.device)
     return _DualLayout(
-        entry_cube=order[:, None, None].expand(shape)[used],
-        entry_edge=groups[used],
-        entry_vd=vd_id[:, :, None].expand(shape)[used],
-        vd_cube=order[:, None].expand(vd_used.shape)[vd_used],
-        vd_num_edges=used.sum(dim=-1)[vd_used],
+        entry_cube=order[entries // (slots * width)],
+        entry_edge=groups.reshape(-1)[entries],
+        entry_vd=vd_id[entries // width],
+        vd_cube=order[vds // slots],
+        vd_num_edges=used.sum(dim=-1).reshape(-1)[vds],
     )
 
 
@@ -227,12 +234,13 @@ def _dual_vertices(
 ) -> tuple[Tensor, Tensor]:
     """Dual vertices (V, 3), beta-weighted means of the alpha-shifted edge crossings (paper section 4.2), and L_dev
     (empty unless with_dev_loss)."""
-    entry_edge_id = slot_edge[layout.entry_cube, layout.entry_edge]  # (K,) ids into edges
+    entry_slot = layout.entry_cube * NUM_EDGES + layout.entry_edge  # (K,) row-major into (S, 12)
+    entry_edge_id = slot_edge.reshape(-1)[entry_slot]  # (K,) ids into edges
     ends = edges[entry_edge_id]  # (K, 2)
     corner_pair = tab.cube_edges[layout.entry_edge]  # (K, 2) the cube corners at the edge's two ends
-    entry_alpha = alpha[layout.entry_cube[:, None], corner_pair]  # (K, 2)
+    entry_alpha = alpha.reshape(-1)[layout.entry_cube[:, None] * NUM_CORNERS + corner_pair]  # (K, 2)
     shifted = _interpolate_zero(sdf[ends] * entry_alpha, vertices[ends])  # (K, 3)
-    entry_beta = beta[layout.entry_cube, layout.entry_edge][:, None]  # (K, 1)
+    entry_beta = beta.reshape(-1)[entry_slot][:, None]  # (K, 1)
 
     num_vd = layout.vd_cube.numel()
     beta_sum = beta.new_zeros(num_vd, 1).index_add(0, layout.entry_vd, entry_beta)  # (V, 1)
@@ -249,10 +257,10 @@ def _oriented_quads(sdf: Tensor, edges: Tensor, slot_edge: Tensor, edge_counts: 
     Quads come in the reference's order: first those whose edge starts outside, then the others, each group by
     edge id; within a quad the four cubes around the edge are taken in cube order before being cycled.
     """
-    crossed = slot_edge >= 0
-    in_quad = crossed & (edge_counts[slot_edge.clamp(min=0)] == QUAD_SIZE)  # (S, 12)
-    edge_ids, order = torch.sort(slot_edge[in_quad], stable=True)  # stable keeps cube order within an edge
-    quads = slot_vd[in_quad][order].reshape(-1, QUAD_SIZE)  # (Q, 4)
+    where = (slot_edge >= 0).reshape(-1).nonzero().squeeze(1)  # row-major (cube, edge) slots of crossed edges
+    in_quad = where[edge_counts[slot_edge.reshape(-1)[where]] == QUAD_SIZE]  # ascending, as mask indexing
+    edge_ids, order = torch.sort(slot_edge.reshape(-1)[in_quad], stable=True)  # stable keeps cube order
+    quads = slot_vd.reshape(-1)[in_quad][order].reshape(-1, QUAD_SIZE)  # (Q, 4)
     # "Outside" is not (sdf < 0), the same test that classified the corners. The reference tests sdf > 0 here,
     # which winds the quads around an edge ending in an exact zero the wrong way; elsewhere the two agree.
     first_outside = ~(sdf[edges[edge_ids[::QUAD_SIZE], 0]] < 0)  # (Q,)
@@ -343,7 +351,7 @@ def flexicubes_extract(
                                   training if with_dev_loss is None else with_dev_loss)
 
     slot_vd = torch.zeros_like(slot_edge)  # (S, 12) dual vertex serving each crossed cube edge
-    slot_vd[layout.entry_cube, layout.entry_edge] = layout.entry_vd
+    slot_vd.view(-1)[layout.entry_cube * NUM_EDGES + layout.entry_edge] = layout.entry_vd
     quads = _oriented_quads(sdf, edges, slot_edge, edge_counts, slot_vd)
     mesh_vertices, faces = _split_quads(vd, gamma[layout.vd_cube], quads, training)
     return FlexiCubesMesh(vertices=mesh_vertices, faces=faces, dev_loss=dev_loss)
