@@ -40,6 +40,7 @@ from lrmesh.errors import LrmeshError
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.io.views import blank_views
 from lrmesh.photo import FOREGROUND_RATIO, U2NetMatte, default_u2net, prepare_photo, read_photo, remove_background
+from lrmesh.precision import check_precision
 from lrmesh.progress import Stages
 
 DEFAULT_CHECKPOINT = "lrmesh-small.safetensors"  # bundled in lrmesh/assets (README, "Training")
@@ -211,10 +212,11 @@ class LRMesh:
 
     def photo_mesh(self, photo: str | Path, remove: bool = True, foreground_ratio: float = FOREGROUND_RATIO,
                    mesh_resolution: int | None = None, mesh_threshold: float | None = None,
-                   stages: Stages | None = None) -> tuple[Mesh, Tensor]:
+                   stages: Stages | None = None, precision: str = "fp32") -> tuple[Mesh, Tensor]:
         """One photo through an OpenLRM model (`single_view`) -> (mesh in OpenLRM's world, which is the model frame:
         z up, the photo seen from -y; vertex colours; the encoder's input image (1, 3, S, S)). With `remove`, the
-        background removal and recentring of lrmesh.photo first; without, OpenLRM's own preparation only."""
+        background removal and recentring of lrmesh.photo first; without, OpenLRM's own preparation only.
+        `precision` of the encoder and transformer as for `reconstruct`."""
         from lrmesh.single_image import cut_out_photo, load_photo, prepare_photo, reconstruct_photo
 
         if not self.single_view:
@@ -222,7 +224,8 @@ class LRMesh:
                               "the multi-view step (views) for it")
         pixels = cut_out_photo(photo, foreground_ratio, self.rembg_model) if remove else load_photo(photo)
         image = prepare_photo(pixels, self.model.cfg.source_size)
-        result = reconstruct_photo(self.model, image, mesh_resolution, mesh_threshold, stages)
+        check_precision(precision, self.device)
+        result = reconstruct_photo(self.model, image, mesh_resolution, mesh_threshold, stages, precision)
         mesh = result.mesh.to("cpu")
         if mesh.num_faces == 0:
             raise LrmeshError("no density above the mesh threshold on the grid (empty mesh); nothing written")

@@ -74,7 +74,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     _add_posed_inputs(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="encoder and transformer precision: fp32 (reference parity), bf16 (CPU with "
+                   help="encoder and transformer precision (InstantMesh and OpenLRM models): fp32 (reference parity), bf16 (CPU with "
                         "AVX512-BF16, or GPU), fp16 (CUDA only); the mesh extraction is fp32 always")
     p.add_argument("--seed", type=seed_int, default=42)
     p.add_argument("--threads", type=positive_int, default=None,
@@ -211,7 +211,8 @@ def _reconstruct_openlrm(args: argparse.Namespace, output: Path | None) -> int:
                                    video_frames=args.video_frames, video_resolution=args.video_resolution,
                                    source_size=args.source_size, encoder_heads=args.encoder_heads,
                                    device=_resolve_device(args.device), say=say, show_progress=not args.quiet,
-                                   foreground_ratio=args.foreground_ratio, rembg_model=args.rembg_model)
+                                   foreground_ratio=args.foreground_ratio, rembg_model=args.rembg_model,
+                                   precision=args.precision)
     for path in written:
         print(path)
     return 0

@@ -29,6 +29,7 @@ from lrmesh.geometry.mesh import Mesh
 from lrmesh.model.single_view import SingleViewLRM
 from lrmesh.photo import FOREGROUND_RATIO, default_u2net, read_photo
 from lrmesh.photo import prepare_photo as prepare_photo_rgba
+from lrmesh.precision import autocast, check_precision
 from lrmesh.progress import Stages
 
 # OpenLRM's inferrer renders the orbit two frames per synthesizer call (infer configs: frame_size 2) at 40 fps.
@@ -74,16 +75,20 @@ class PhotoReconstruction:
 
 @torch.no_grad()
 def reconstruct_photo(model: SingleViewLRM, image: Tensor, mesh_resolution: int | None = None,
-                      mesh_threshold: float | None = None, stages: Stages | None = None) -> PhotoReconstruction:
+                      mesh_threshold: float | None = None, stages: Stages | None = None,
+                      precision: str = "fp32") -> PhotoReconstruction:
     """image (1, 3, S, S) from `prepare_photo` -> mesh (marching cubes on softplus(raw - 1) at
-    mesh_resolution^3 over [-1, 1]^3, iso-level mesh_threshold; defaults: the model's 384 and 3.0)."""
+    mesh_resolution^3 over [-1, 1]^3, iso-level mesh_threshold; defaults: the model's 384 and 3.0).
+    `precision` of the encoder and transformer as for InstantMesh (lrmesh.precision): fp32 keeps parity; the
+    planes, the grid query and marching cubes are fp32 in every case."""
     device = next(model.parameters()).device
     stages = stages or Stages(device, show=False)
     camera = openlrm_source_camera(model.cfg.source_distance).to(device)
     stages("encode")
-    tokens = model.encode(image.to(device))
-    stages("transformer")
-    planes = model.transformer.upsample(model.transformer_tokens(tokens, camera))
+    with autocast(precision, device):
+        tokens = model.encode(image.to(device))
+        stages("transformer")
+        planes = model.transformer.upsample(model.transformer_tokens(tokens, camera)).float()
     mesh = model.synthesizer.extract_mesh(planes, progress=stages, resolution=mesh_resolution,
                                           threshold=mesh_threshold)
     stages.finish()
@@ -112,7 +117,7 @@ def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output:
                          source_size: int | None, encoder_heads: int | None, device: torch.device,
                          say: Callable[[str], None] | None, show_progress: bool,
                          foreground_ratio: float = FOREGROUND_RATIO,
-                         rembg_model: str | Path | None = None) -> list[Path]:
+                         rembg_model: str | Path | None = None, precision: str = "fp32") -> list[Path]:
     """The CLI's OpenLRM branch: load, prepare, reconstruct, write the mesh (and the video); -> files written.
     `say` prints progress lines and the licence notice; None when quiet."""
     from lrmesh.io.mesh import save_mesh
@@ -121,6 +126,7 @@ def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output:
 
     if mesh_resolution is not None and mesh_resolution < 2:
         raise LrmeshError(f"--mesh-resolution must be at least 2, got {mesh_resolution}")
+    check_precision(precision, device)
     notice = say
     say = say or (lambda message: None)
     photo = cut_out_photo(photo_path, foreground_ratio, rembg_model) if remove_background else load_photo(photo_path)
@@ -129,7 +135,7 @@ def reconstruct_to_files(photo_path: str | Path, checkpoint: str | Path, output:
     image = prepare_photo(photo, model.cfg.source_size)
     say(f"lrmesh: reconstructing on {device} (OpenLRM {model.cfg.version}, {model.cfg.source_size} px input)")
     stages = Stages(device, show=show_progress)
-    result = reconstruct_photo(model, image, mesh_resolution, mesh_threshold, stages)
+    result = reconstruct_photo(model, image, mesh_resolution, mesh_threshold, stages, precision)
     mesh = result.mesh.to("cpu")
     if mesh.num_faces == 0:
         raise LrmeshError("no density above the mesh threshold on the grid (empty mesh); nothing written")

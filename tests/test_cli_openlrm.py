@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from lrmesh.cli import main
 from lrmesh.errors import LrmeshError
+from lrmesh.metrics import chamfer_distance
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openlrm-tiny"
 PHOTO = FIXTURE / "object_rgba.png"
@@ -116,3 +118,23 @@ def test_the_python_api_and_the_job_seam_give_the_reference_mesh(tmp_path):
     assert np.abs(trimesh.load(result.files[0], process=False).vertices - ref.vertices).max() < 1e-4
     with pytest.raises(LrmeshError, match="from one photo; got 2 inputs"):
         job.run([PHOTO, PHOTO], [tmp_path / "two.ply"])
+
+
+def test_precision_bf16_gives_nearly_the_fp32_mesh_and_fp16_needs_cuda(tmp_path, capsys):
+    checkpoint, extra = CASES["v11-sep"]
+    meshes = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.ply"
+        assert main(["reconstruct", str(PHOTO), "-c", str(checkpoint), *MESH_ARGS, "--no-rembg", "-o", str(out),
+                     "-q", "--precision", precision, *extra]) == 0
+        meshes[precision] = trimesh.load(out, process=False)
+    a, b = (torch.from_numpy(np.asarray(meshes[k].vertices, np.float32)) for k in ("fp32", "bf16"))
+    diagonal = float((a.max(0).values - a.min(0).values).norm())
+    assert 0 < chamfer_distance(a, b) / diagonal < 1e-2  # rounding of the bf16 products, not another model
+    capsys.readouterr()
+    out = tmp_path / "fp16.ply"
+    assert main(["reconstruct", str(PHOTO), "-c", str(checkpoint), "--device", "cpu", "--precision", "fp16",
+                 "-o", str(out), "-q", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lrmesh: error: --precision fp16 runs on CUDA only; on the CPU use bf16 (or fp32)"]
+    assert not out.exists()
