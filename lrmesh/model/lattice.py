@@ -12,6 +12,11 @@ is the lattice point (cx, cy, cz) + offset_k, so plane p's share of the pre-acti
 corners, depends only on the cube's two coordinates on plane p as well (`cube_plane_terms`): the same three-table
 form on the cube lattice, which removes the 1920-wide product per surface cube.
 
+Off the lattice (`at_any_points`: vertex colours, texture texels) the same linearity runs the other way: bilinear
+sampling is linear too, so W_p bilinear(f_p) = bilinear(W_p f_p), and the first layer can be applied to the
+planes themselves (three H-channel planes of R x R texels instead of 3C channels), leaving a narrower sampling and
+no first-layer product per point.
+
 The numbers are those of querying every point (`MeshSynthesizer.grid_fields`, `NerfSynthesizer.query`) up to
 float32 rounding: the features are sampled by the same `grid_sample` at the same coordinates; only the order of
 the first layer's sums changes. Written here because no library evaluates a factorised first layer; plain
@@ -27,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lrmesh.geometry.flexicubes_tables import CUBE_CORNERS
-from lrmesh.model.triplane import PLANE_AXES
+from lrmesh.model.triplane import PLANE_AXES, sample_triplanes
 
 # Points per block of `on_lattice`: 8192 x 64 hidden x 4 bytes = 2 MiB per buffer, about a core's L2 cache.
 LATTICE_CHUNK = 2**13
@@ -138,3 +143,19 @@ def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int = LATTICE_CHUNK
 def lattice_index(ids: Tensor, side: int) -> Tensor:
     """Flat ids of a side^3 lattice in [x, y, z] order (id = (x * side + y) * side + z) -> (P, 3) integer x, y, z."""
     return torch.stack([ids // (side * side), (ids // side) % side, ids % side], dim=-1)
+
+
+def at_any_points(planes: Tensor, points: Tensor, layers: list[nn.Linear], box_warp: float, chunk: int) -> Tensor:
+    """A head (its linear layers, first in 3C) at points (P, 3) anywhere, planes (1, 3, C, R, R) -> (P, out): the
+    first layer applied to the planes before sampling (module docstring), chunks of `chunk` points.
+    Differentiable, so training may use it as well."""
+    first, *rest = layers
+    c = planes.shape[2]
+    weight = first.weight.reshape(first.out_features, 3, c)  # (H, plane, C)
+    projected = torch.einsum("hpc,bpcij->bphij", weight, planes)  # (1, 3, H, R, R)
+    outs = []
+    for start in range(0, points.shape[0], chunk):
+        sampled = sample_triplanes(projected, points[None, start:start + chunk], box_warp)[0]  # (n, 3H)
+        h = sampled.view(sampled.shape[0], 3, -1).sum(dim=1) + first.bias
+        outs.append(_rest(h, rest, None))
+    return torch.cat(outs) if outs else planes.new_zeros(0, _out_dim(rest, first.out_features, None))

@@ -25,8 +25,9 @@ from lrmesh.cameras import pixel_rays
 from lrmesh.config import SynthesizerConfig
 from lrmesh.geometry.flexicubes import flexicubes_extract, flexicubes_grid, surface_cube_mask
 from lrmesh.geometry.mesh import Mesh
-from lrmesh.model.decoders import FLEXI_WEIGHT_SCALE, MeshDecoder, NerfDecoder, NerfSample
-from lrmesh.model.lattice import at_points, cube_plane_terms, lattice_index, linears, on_lattice, plane_terms
+from lrmesh.model.decoders import FLEXI_WEIGHT_SCALE, MeshDecoder, NerfDecoder, NerfSample, padded_sigmoid
+from lrmesh.model.lattice import (at_any_points, at_points, cube_plane_terms, lattice_index, linears, on_lattice,
+                                  plane_terms)
 from lrmesh.model.triplane import sample_triplanes, sample_triplanes_on_lattice
 from lrmesh.render.volume import RenderOutput, render_rays
 
@@ -189,8 +190,10 @@ class MeshSynthesizer(nn.Module):
         return sample_triplanes(planes, points[None], self.cfg.box_warp)[0]
 
     def rgb(self, planes: Tensor, points: Tensor) -> Tensor:
-        """Colour at points (P, 3) -> (P, 3), chunked."""
-        return _chunked(lambda p: self.decoder.rgb(self.features(planes, p)), points)
+        """Colour at points (P, 3) -> (P, 3), chunked; the head's first layer applied to the planes before sampling
+        (`lrmesh.model.lattice.at_any_points`): decoder.rgb(features(...)) up to float32 rounding."""
+        raw = at_any_points(planes, points, linears(self.decoder.net_rgb), self.cfg.box_warp, POINT_CHUNK)
+        return padded_sigmoid(raw)  # as MeshDecoder.rgb
 
     def scale_deformation(self, raw: Tensor) -> Tensor:
         return torch.tanh(raw) / (self.cfg.grid_res * DEFORMATION_DIVISOR)

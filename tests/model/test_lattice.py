@@ -12,7 +12,7 @@ import torch
 import lrmesh.model.synthesizers as synthesizers
 from lrmesh.config import SynthesizerConfig
 from lrmesh.model.decoders import mlp
-from lrmesh.model.lattice import at_points, cube_plane_terms, lattice_index, linears, on_lattice, plane_terms
+from lrmesh.model.lattice import at_any_points, at_points, cube_plane_terms, lattice_index, linears, on_lattice, plane_terms
 from lrmesh.model.synthesizers import MeshSynthesizer, NerfSynthesizer
 from lrmesh.model.triplane import sample_triplanes, sample_triplanes_on_lattice
 
@@ -112,3 +112,23 @@ def test_nerf_grid_density_is_the_density_at_every_grid_point():
         raw = synth.query(planes, torch.stack([gx, gy, gz], -1).reshape(1, -1, 3)).sigma.reshape(res, res, res)
         got = synth.grid_density(planes, res)
     torch.testing.assert_close(got, torch.nn.functional.softplus(raw - 1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_at_any_points_is_the_mlp_on_sampled_features_inside_and_outside_the_box():
+    planes = random_planes(8)
+    head = mlp(3 * C, 16, 3, 4)
+    randomise(head, 9)
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(10)) * 2.6 - 1.3  # some beyond the planes
+    with torch.no_grad():
+        expected = head(sample_triplanes(planes, points[None], 2.0)[0])
+        got = at_any_points(planes, points, linears(head), 2.0, chunk=128)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mesh_colours_are_the_colour_head_on_sampled_features():
+    synth = MeshSynthesizer(SynthesizerConfig(kind="mesh", grid_res=8), C)
+    randomise(synth, 11)
+    planes, points = random_planes(12), torch.rand(300, 3, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(synth.rgb(planes, points), synth.decoder.rgb(synth.features(planes, points)),
+                                   rtol=1e-5, atol=1e-5)  # colours in [0, 1]: far below one 8-bit level
