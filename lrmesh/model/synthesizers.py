@@ -235,7 +235,9 @@ class MeshSynthesizer(nn.Module):
         sdf = self.fix_empty_sdf(on_lattice(plane_terms(lattice, first), rest).reshape(-1))  # (N,)
         surface = surface_cube_mask(sdf, cubes)  # (M,)
         # Only vertices of surface cubes can move a mesh vertex, and only surface cubes need weights.
-        used = torch.unique(cubes[surface])  # (K,)
+        used = torch.zeros(verts.shape[0], dtype=torch.bool, device=verts.device)
+        used[cubes[surface].reshape(-1)] = True  # a scatter, not the sort torch.unique would do
+        used = used.nonzero().squeeze(1)  # (K,) ascending
         first, *rest = linears(self.decoder.net_deformation)
         deformed = verts.clone()
         deformed[used] += self.scale_deformation(
