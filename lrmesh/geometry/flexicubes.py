@@ -66,7 +66,7 @@ class FlexiCubesMesh:
 
 @dataclass(frozen=True)
 class _Tables:
-    dmc: Tensor  # (256, 4, 7) edge ids per dual vertex, -1 padded
+    dmc: Tensor  # (256, 4, 7) int8 edge ids per dual vertex, -1 padded (int8: its (S, 4, 7) gather stays small)
     num_vd: Tensor  # (256,)
     check: Tensor  # (256, 5) [is_ambiguous, dx, dy, dz, replacement case]
     cube_edges: Tensor  # (12, 2) corner pairs
@@ -79,7 +79,7 @@ def _device_tables(device: torch.device) -> _Tables:
         return torch.tensor(data, dtype=torch.long, device=device)
 
     return _Tables(
-        dmc=as_long(tables.DMC_TABLE),
+        dmc=torch.tensor(tables.DMC_TABLE, dtype=torch.int8, device=device),
         num_vd=as_long(tables.NUM_VD_TABLE),
         check=as_long(tables.CHECK_TABLE),
         cube_edges=as_long(tables.CUBE_EDGES),
@@ -162,8 +162,8 @@ def _crossed_edges(corners: Tensor, inside: Tensor, num_vertices: int, tab: _Tab
     # Sorting keys v0 * N + v1 sorts the (v0, v1) rows.
     key = corners[cube, first[edge]] * num_vertices + corners[cube, second[edge]]
     unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    slot_edge = torch.full(crossed.shape, -1, dtype=torch.long, device=corners.device)
-    slot_edge.view(-1)[where] = inverse
+    slot_edge = torch.full(crossed.shape, -1, dtype=torch.int32, device=corners.device)  # int32: (S, 12) is large
+    slot_edge.view(-1)[where] = inverse.int()
     edges = torch.stack([unique_keys // num_vertices, unique_keys % num_vertices], dim=-1)  # (E, 2)
     return edges, slot_edge, counts
 
@@ -186,7 +186,7 @@ def _dual_layout(case: Tensor, tab: _Tables) -> _DualLayout:
     number their dual vertices consecutively; entries follow the same order.
     """
     order = torch.sort(tab.num_vd[case], stable=True).indices  # (S,)
-    groups = tab.dmc[case[order]]  # (S, 4, 7)
+    groups = tab.dmc[case[order]]  # (S, 4, 7) int8
     _, slots, width = groups.shape
     used = groups != -1
     vd_used = used[..., 0]  # (S, 4); a cube emitting n dual vertices fills rows 0..n-1
@@ -197,7 +197,7 @@ def _dual_layout(case: Tensor, tab: _Tables) -> _DualLayout:
     vd_id[vds] = torch.arange(vds.numel(), device=case.device)
     return _DualLayout(
         entry_cube=order[entries // (slots * width)],
-        entry_edge=groups.reshape(-1)[entries],
+        entry_edge=groups.reshape(-1)[entries].long(),
         entry_vd=vd_id[entries // width],
         vd_cube=order[vds // slots],
         vd_num_edges=used.sum(dim=-1).reshape(-1)[vds],
@@ -235,7 +235,7 @@ def _dual_vertices(
     """Dual vertices (V, 3), beta-weighted means of the alpha-shifted edge crossings (paper section 4.2), and L_dev
     (empty unless with_dev_loss)."""
     entry_slot = layout.entry_cube * NUM_EDGES + layout.entry_edge  # (K,) row-major into (S, 12)
-    entry_edge_id = slot_edge.reshape(-1)[entry_slot]  # (K,) ids into edges
+    entry_edge_id = slot_edge.reshape(-1)[entry_slot].long()  # (K,) ids into edges
     ends = edges[entry_edge_id]  # (K, 2)
     corner_pair = tab.cube_edges[layout.entry_edge]  # (K, 2) the cube corners at the edge's two ends
     entry_alpha = alpha.reshape(-1)[layout.entry_cube[:, None] * NUM_CORNERS + corner_pair]  # (K, 2)
@@ -258,9 +258,9 @@ def _oriented_quads(sdf: Tensor, edges: Tensor, slot_edge: Tensor, edge_counts: 
     edge id; within a quad the four cubes around the edge are taken in cube order before being cycled.
     """
     where = (slot_edge >= 0).reshape(-1).nonzero().squeeze(1)  # row-major (cube, edge) slots of crossed edges
-    in_quad = where[edge_counts[slot_edge.reshape(-1)[where]] == QUAD_SIZE]  # ascending, as mask indexing
-    edge_ids, order = torch.sort(slot_edge.reshape(-1)[in_quad], stable=True)  # stable keeps cube order
-    quads = slot_vd.reshape(-1)[in_quad][order].reshape(-1, QUAD_SIZE)  # (Q, 4)
+    in_quad = where[edge_counts[slot_edge.reshape(-1)[where].long()] == QUAD_SIZE]  # ascending, as a mask gives
+    edge_ids, order = torch.sort(slot_edge.reshape(-1)[in_quad].long(), stable=True)  # stable keeps cube order
+    quads = slot_vd.reshape(-1)[in_quad][order].long().reshape(-1, QUAD_SIZE)  # (Q, 4)
     # "Outside" is not (sdf < 0), the same test that classified the corners. The reference tests sdf > 0 here,
     # which winds the quads around an edge ending in an exact zero the wrong way; elsewhere the two agree.
     first_outside = ~(sdf[edges[edge_ids[::QUAD_SIZE], 0]] < 0)  # (Q,)
@@ -351,7 +351,7 @@ def flexicubes_extract(
                                   training if with_dev_loss is None else with_dev_loss)
 
     slot_vd = torch.zeros_like(slot_edge)  # (S, 12) dual vertex serving each crossed cube edge
-    slot_vd.view(-1)[layout.entry_cube * NUM_EDGES + layout.entry_edge] = layout.entry_vd
+    slot_vd.view(-1)[layout.entry_cube * NUM_EDGES + layout.entry_edge] = layout.entry_vd.int()
     quads = _oriented_quads(sdf, edges, slot_edge, edge_counts, slot_vd)
     mesh_vertices, faces = _split_quads(vd, gamma[layout.vd_cube], quads, training)
     return FlexiCubesMesh(vertices=mesh_vertices, faces=faces, dev_loss=dev_loss)
