@@ -33,6 +33,7 @@ from lrmesh.geometry import flexicubes_tables as tables
 
 NUM_EDGES = 12
 NUM_CORNERS = 8
+ENTRY_CHUNK = 2**20  # (dual vertex, edge) entries per chunk of _dual_vertices
 FLEXI_WEIGHTS = NUM_EDGES + NUM_CORNERS + 1  # raw weight columns: 12 beta (edges), 8 alpha (corners), 1 gamma
 BETA_COLUMNS = slice(0, NUM_EDGES)
 ALPHA_COLUMNS = slice(NUM_EDGES, NUM_EDGES + NUM_CORNERS)
@@ -233,20 +234,26 @@ def _dual_vertices(
     with_dev_loss: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Dual vertices (V, 3), beta-weighted means of the alpha-shifted edge crossings (paper section 4.2), and L_dev
-    (empty unless with_dev_loss)."""
-    entry_slot = layout.entry_cube * NUM_EDGES + layout.entry_edge  # (K,) row-major into (S, 12)
-    entry_edge_id = slot_edge.reshape(-1)[entry_slot].long()  # (K,) ids into edges
-    ends = edges[entry_edge_id]  # (K, 2)
-    corner_pair = tab.cube_edges[layout.entry_edge]  # (K, 2) the cube corners at the edge's two ends
-    entry_alpha = alpha.reshape(-1)[layout.entry_cube[:, None] * NUM_CORNERS + corner_pair]  # (K, 2)
-    shifted = _interpolate_zero(sdf[ends] * entry_alpha, vertices[ends])  # (K, 3)
-    entry_beta = beta.reshape(-1)[entry_slot][:, None]  # (K, 1)
-
+    (empty unless with_dev_loss). The (K, ...) per-entry work runs in chunks of ENTRY_CHUNK entries, each summed into
+    the dual vertices in entry order, so its temporaries stay small at millions of entries."""
     num_vd = layout.vd_cube.numel()
-    beta_sum = beta.new_zeros(num_vd, 1).index_add(0, layout.entry_vd, entry_beta)  # (V, 1)
-    vd = shifted.new_zeros(num_vd, 3).index_add(0, layout.entry_vd, shifted * entry_beta) / beta_sum
+    beta_sum = beta.new_zeros(num_vd, 1)
+    weighted = vertices.new_zeros(num_vd, 3)
+    for start in range(0, layout.entry_vd.numel(), ENTRY_CHUNK):
+        part = slice(start, start + ENTRY_CHUNK)
+        cube, edge, vd_id = layout.entry_cube[part], layout.entry_edge[part], layout.entry_vd[part]
+        entry_slot = cube * NUM_EDGES + edge  # row-major into (S, 12)
+        ends = edges[slot_edge.reshape(-1)[entry_slot].long()]  # (k, 2)
+        corner_pair = tab.cube_edges[edge]  # (k, 2) the cube corners at the edge's two ends
+        entry_alpha = alpha.reshape(-1)[cube[:, None] * NUM_CORNERS + corner_pair]  # (k, 2)
+        shifted = _interpolate_zero(sdf[ends] * entry_alpha, vertices[ends])  # (k, 3)
+        entry_beta = beta.reshape(-1)[entry_slot][:, None]  # (k, 1)
+        beta_sum = beta_sum.index_add(0, vd_id, entry_beta)
+        weighted = weighted.index_add(0, vd_id, shifted * entry_beta)
+    vd = weighted / beta_sum
     if not with_dev_loss:
         return vd, vd.new_zeros(0)
+    entry_edge_id = slot_edge.reshape(-1)[layout.entry_cube * NUM_EDGES + layout.entry_edge].long()  # (K,)
     crossings = _interpolate_zero(sdf[edges], vertices[edges])  # (E, 3) plain linear crossings
     return vd, _dev_loss(vd, crossings[entry_edge_id], layout)
 
