@@ -142,8 +142,11 @@ class NerfSynthesizer(nn.Module):
         return mesh
 
     def rgb(self, planes: Tensor, points: Tensor) -> Tensor:
-        """Colour at points (P, 3) -> (P, 3), chunked. planes: (1, 3, C, H, W)."""
-        return _chunked(lambda p: self.query(planes, p[None]).rgb[0], points)
+        """Colour at points (P, 3) -> (P, 3), chunked. planes: (1, 3, C, H, W). The decoder's first layer is applied
+        to the planes before sampling (`lrmesh.model.lattice.at_any_points`): query(...).rgb up to float32
+        rounding."""
+        raw = at_any_points(planes, points, linears(self.decoder.net), self.cfg.box_warp, POINT_CHUNK)
+        return padded_sigmoid(raw[:, 1:])  # as NerfDecoder: output 0 is the density
 
     def grid_density(self, planes: Tensor, res: int) -> Tensor:
         """Activated density softplus(raw - 1) on the grid linspace(-1, 1, res)^3 -> (res, res, res), [i, j, k]

@@ -132,3 +132,12 @@ def test_mesh_colours_are_the_colour_head_on_sampled_features():
     with torch.no_grad():
         torch.testing.assert_close(synth.rgb(planes, points), synth.decoder.rgb(synth.features(planes, points)),
                                    rtol=1e-5, atol=1e-5)  # colours in [0, 1]: far below one 8-bit level
+
+
+def test_nerf_colours_are_the_decoder_on_sampled_features():
+    synth = NerfSynthesizer(SynthesizerConfig(kind="nerf"), C)
+    randomise(synth, 14)
+    planes, points = random_planes(15), torch.rand(300, 3, generator=torch.Generator().manual_seed(16)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(synth.rgb(planes, points), synth.query(planes, points[None]).rgb[0],
+                                   rtol=1e-5, atol=1e-5)
