@@ -3,9 +3,9 @@
 return the mesh in the ground truth's frame (as tests/test_shipped_model.py checks for Zero123++ grids) and
 beat a sphere fitted to the ground truth.
 
-The model was trained on Zero123++ views only (README, "Training"); these inputs work through its camera-aware
-plane queries (lrmesh/model/lifting.py). `pytest -s` prints the scores; README, "SV3D orbits and your own posed
-photos", records them.
+The model was trained on random input views as well as the Zero123++ ones (README, "Training":
+data.random_input_views=[4, 8], data.fixed_input_fraction=0.5). `pytest -s` prints the scores; README, "SV3D orbits
+and your own posed photos", records them.
 """
 
 from __future__ import annotations
