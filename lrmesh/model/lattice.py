@@ -121,22 +121,19 @@ def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int = LATTICE_CHUNK
     out = xy.new_empty(g, g, g, out_dim)
     run = max(1, min(g, chunk // g))  # y rows per block
     buffers = [xy.new_empty(run * g, width) for _ in range(2)]
-    *hidden, last = layers or [None]
-    if last is not None:
-        weight, bias = (last.weight, last.bias) if rows is None else (last.weight[:rows], last.bias[:rows])
     for i in range(g):
         for j in range(0, g, run):
             n = min(run, g - j)
             h, spare = buffers[0][:n * g], buffers[1][:n * g]
             torch.add(xy[i, j:j + n, None], xz[i, None], out=h.view(n, g, width))
             h.view(n, g, width).add_(yz[j:j + n])  # (n * g, H): the first layer's pre-activation
-            if last is None:
-                out[i, j:j + n] = h.view(n, g, width)[..., :out_dim]
-                continue
-            h.relu_()
-            for layer in hidden:
-                h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
-            out[i, j:j + n] = torch.addmm(bias, h, weight.T).view(n, g, out_dim)
+            if layers:
+                *hidden, last = layers
+                h.relu_()
+                for layer in hidden:
+                    h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
+                h = torch.addmm(last.bias[:out_dim], h, last.weight[:out_dim].T)
+            out[i, j:j + n] = h[:, :out_dim].view(n, g, out_dim)
     return out
 
 
