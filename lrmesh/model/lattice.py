@@ -91,19 +91,40 @@ def _rest(h: Tensor, layers: list[nn.Linear], rows: int | None) -> Tensor:
     return torch.addmm(bias, h, weight.T)
 
 
-def at_points(terms: Terms, index: Tensor, layers: list[nn.Linear], chunk: int, rows: int | None = None) -> Tensor:
-    """The head at lattice points index (P, 3) (integer x, y, z) -> (P, out); `layers` are the head's linear
-    layers after the first. Chunks of `chunk` points."""
+def _later_layers(h: Tensor, spare: Tensor, layers: list[nn.Linear], out: Tensor) -> None:
+    """The layers after the first on pre-activations h (P, H) -> out (P, out_dim), the last layer's first out_dim
+    outputs; h and spare (the same shape) are scratch buffers, overwritten."""
+    if not layers:
+        out.copy_(h[:, :out.shape[1]])
+        return
+    *hidden, last = layers
+    h.relu_()
+    for layer in hidden:
+        h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
+    rows = out.shape[1]
+    torch.addmm(last.bias[:rows], h, last.weight[:rows].T, out=out)
+
+
+def at_points(terms: Terms, ids: Tensor, layers: list[nn.Linear], chunk: int = LATTICE_CHUNK,
+              rows: int | None = None) -> Tensor:
+    """The head at lattice points -> (P, out). ids (P,): flat ids of the tables' side^3 lattice in [x, y, z]
+    order, id = (x * side + y) * side + z; `layers` are the head's linear layers after the first. In blocks of
+    `chunk` points through two hidden buffers reused block after block, as `on_lattice` (no fresh tensor per
+    block)."""
     xy, xz, zy = (t.reshape(-1, t.shape[-1]) for t in terms)
-    side = terms[0].shape[1]
-    outs = []
-    for start in range(0, index.shape[0], chunk):
-        x, y, z = index[start:start + chunk].unbind(-1)
-        h = xy.index_select(0, x * side + y)
-        h += xz.index_select(0, x * side + z)
-        h += zy.index_select(0, z * side + y)
-        outs.append(_rest(h, layers, rows))
-    return torch.cat(outs) if outs else xy.new_zeros(0, _out_dim(layers, xy.shape[1], rows))
+    side, width = terms[0].shape[1], xy.shape[1]
+    out = xy.new_empty(ids.shape[0], _out_dim(layers, width, rows))
+    buffers = [xy.new_empty(min(chunk, ids.shape[0]), width) for _ in range(2)]
+    for start in range(0, ids.shape[0], chunk):
+        block = ids[start:start + chunk]
+        xy_id, z = block.div(side, rounding_mode="floor"), block.remainder(side)  # x * side + y, z
+        x, y = xy_id.div(side, rounding_mode="floor"), xy_id.remainder(side)
+        h, spare = buffers[0][:block.shape[0]], buffers[1][:block.shape[0]]
+        torch.index_select(xy, 0, xy_id, out=h)
+        h += torch.index_select(xz, 0, x * side + z, out=spare)
+        h += torch.index_select(zy, 0, z * side + y, out=spare)
+        _later_layers(h, spare, layers, out[start:start + block.shape[0]])
+    return out
 
 
 def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int = LATTICE_CHUNK, rows: int | None = None) -> Tensor:
@@ -127,19 +148,8 @@ def on_lattice(terms: Terms, layers: list[nn.Linear], chunk: int = LATTICE_CHUNK
             h, spare = buffers[0][:n * g], buffers[1][:n * g]
             torch.add(xy[i, j:j + n, None], xz[i, None], out=h.view(n, g, width))
             h.view(n, g, width).add_(yz[j:j + n])  # (n * g, H): the first layer's pre-activation
-            if layers:
-                *hidden, last = layers
-                h.relu_()
-                for layer in hidden:
-                    h, spare = torch.addmm(layer.bias, h, layer.weight.T, out=spare).relu_(), h
-                h = torch.addmm(last.bias[:out_dim], h, last.weight[:out_dim].T)
-            out[i, j:j + n] = h[:, :out_dim].view(n, g, out_dim)
+            _later_layers(h, spare, layers, out[i, j:j + n].view(n * g, out_dim))
     return out
-
-
-def lattice_index(ids: Tensor, side: int) -> Tensor:
-    """Flat ids of a side^3 lattice in [x, y, z] order (id = (x * side + y) * side + z) -> (P, 3) integer x, y, z."""
-    return torch.stack([ids // (side * side), (ids // side) % side, ids % side], dim=-1)
 
 
 def at_any_points(planes: Tensor, points: Tensor, layers: list[nn.Linear], box_warp: float, chunk: int) -> Tensor:

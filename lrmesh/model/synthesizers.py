@@ -26,7 +26,7 @@ from lrmesh.config import SynthesizerConfig
 from lrmesh.geometry.flexicubes import flexicubes_extract, flexicubes_grid, surface_cube_mask
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.model.decoders import FLEXI_WEIGHT_SCALE, MeshDecoder, NerfDecoder, NerfSample, padded_sigmoid
-from lrmesh.model.lattice import (at_any_points, at_points, cube_plane_terms, lattice_index, linears, on_lattice,
+from lrmesh.model.lattice import (LATTICE_CHUNK, at_any_points, at_points, cube_plane_terms, linears, on_lattice,
                                   plane_terms)
 from lrmesh.model.triplane import sample_triplanes, sample_triplanes_on_lattice
 from lrmesh.render.volume import RenderOutput, render_rays
@@ -145,7 +145,7 @@ class NerfSynthesizer(nn.Module):
         """Colour at points (P, 3) -> (P, 3), chunked. planes: (1, 3, C, H, W). The decoder's first layer is applied
         to the planes before sampling (`lrmesh.model.lattice.at_any_points`): query(...).rgb up to float32
         rounding."""
-        raw = at_any_points(planes, points, linears(self.decoder.net), self.cfg.box_warp, POINT_CHUNK)
+        raw = at_any_points(planes, points, linears(self.decoder.net), self.cfg.box_warp, LATTICE_CHUNK)
         return padded_sigmoid(raw[:, 1:])  # as NerfDecoder: output 0 is the density
 
     def grid_density(self, planes: Tensor, res: int) -> Tensor:
@@ -195,7 +195,7 @@ class MeshSynthesizer(nn.Module):
     def rgb(self, planes: Tensor, points: Tensor) -> Tensor:
         """Colour at points (P, 3) -> (P, 3), chunked; the head's first layer applied to the planes before sampling
         (`lrmesh.model.lattice.at_any_points`): decoder.rgb(features(...)) up to float32 rounding."""
-        raw = at_any_points(planes, points, linears(self.decoder.net_rgb), self.cfg.box_warp, POINT_CHUNK)
+        raw = at_any_points(planes, points, linears(self.decoder.net_rgb), self.cfg.box_warp, LATTICE_CHUNK)
         return padded_sigmoid(raw)  # as MeshDecoder.rgb
 
     def scale_deformation(self, raw: Tensor) -> Tensor:
@@ -243,12 +243,10 @@ class MeshSynthesizer(nn.Module):
         used = used.nonzero().squeeze(1)  # (K,) ascending
         first, *rest = linears(self.decoder.net_deformation)
         deformed = verts.clone()
-        deformed[used] += self.scale_deformation(
-            at_points(plane_terms(lattice, first), lattice_index(used, side), rest, POINT_CHUNK))
+        deformed[used] += self.scale_deformation(at_points(plane_terms(lattice, first), used, rest))
         first, *rest = linears(self.decoder.net_weight)
-        surface_ids = surface.nonzero()[:, 0]  # (S,)
-        weights = at_points(cube_plane_terms(lattice, first), lattice_index(surface_ids, self.cfg.grid_res), rest,
-                            POINT_CHUNK) * FLEXI_WEIGHT_SCALE  # (S, 21), as MeshDecoder.weights
+        weights = at_points(cube_plane_terms(lattice, first), surface.nonzero()[:, 0], rest)  # (S, 21)
+        weights.mul_(FLEXI_WEIGHT_SCALE)  # as MeshDecoder.weights
         if progress:
             progress("flexicubes")
         fc = flexicubes_extract(deformed, sdf, cubes, self.cfg.grid_res, surface, weights)

@@ -12,7 +12,7 @@ import torch
 import lrmesh.model.synthesizers as synthesizers
 from lrmesh.config import SynthesizerConfig
 from lrmesh.model.decoders import mlp
-from lrmesh.model.lattice import at_any_points, at_points, cube_plane_terms, lattice_index, linears, on_lattice, plane_terms
+from lrmesh.model.lattice import at_any_points, at_points, cube_plane_terms, linears, on_lattice, plane_terms
 from lrmesh.model.synthesizers import MeshSynthesizer, NerfSynthesizer
 from lrmesh.model.triplane import sample_triplanes, sample_triplanes_on_lattice
 
@@ -44,7 +44,7 @@ def test_a_head_on_the_lattice_and_at_lattice_points_is_the_mlp_on_sampled_featu
         terms = plane_terms(sample_triplanes_on_lattice(planes, axis), first)
         whole = on_lattice(terms, rest, chunk=20)  # blocks of two y rows, the last one of one
         some = torch.tensor([0, 5, 48, 100, 342, 77])
-        picked = at_points(terms, lattice_index(some, 7), rest, chunk=4)
+        picked = at_points(terms, some, rest, chunk=4)
         two_rows = on_lattice(terms, rest, chunk=20, rows=2)
     assert whole.shape == (7, 7, 7, 5)
     torch.testing.assert_close(whole.reshape(-1, 5), expected, rtol=1e-5, atol=1e-5)
@@ -64,7 +64,7 @@ def test_cube_terms_are_the_weight_head_on_its_eight_corners():
         expected = head(corner_features.flatten(-2))
         first, *rest = linears(head)
         terms = cube_plane_terms(sample_triplanes_on_lattice(planes, verts[:res + 1, 2]), first)
-        got = at_points(terms, lattice_index(torch.arange(res ** 3), res), rest, chunk=32)
+        got = at_points(terms, torch.arange(res ** 3), rest, chunk=32)
     assert terms[0].shape == (res, res, 16)
     scale = float(expected.abs().max())  # the 192-wide sums of random weights reach tens: rounding scales with it
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * scale)
