@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lrmesh.geometry.mesh import Mesh
 from lrmesh.geometry.texture import bake_texture
+from lrmesh.memory import keep_freed_memory
 from lrmesh.model.lrm import LRM
 from lrmesh.precision import autocast
 from lrmesh.progress import Stages
@@ -35,16 +36,17 @@ def reconstruct(model: LRM, views: Tensor, cameras: Tensor, texture: bool = Fals
     """
     stages = stages or Stages(cameras.device, show=False)
     device = next(model.parameters()).device
-    stages("encode")
-    views, cameras = views[None].to(device), cameras[None].to(device)
-    with autocast(precision, device):
-        tokens = model.encoder(views, cameras)
-        stages("transformer")
-        planes = model.planes_from_tokens(tokens, cameras, views.shape[-2:]).float()  # (1, 3, C, H, W)
-    synthesizer = model.synthesizer
-    mesh = synthesizer.extract_mesh(planes, with_colors=not texture, progress=stages)
-    if texture and mesh.num_faces:
-        stages("texture")
-        mesh = bake_texture(mesh, lambda points: synthesizer.rgb(planes, points), resolution=texture_resolution)
-    stages.finish()
+    with keep_freed_memory(device):  # the stages' large temporaries reuse memory (lrmesh.memory)
+        stages("encode")
+        views, cameras = views[None].to(device), cameras[None].to(device)
+        with autocast(precision, device):
+            tokens = model.encoder(views, cameras)
+            stages("transformer")
+            planes = model.planes_from_tokens(tokens, cameras, views.shape[-2:]).float()  # (1, 3, C, H, W)
+        synthesizer = model.synthesizer
+        mesh = synthesizer.extract_mesh(planes, with_colors=not texture, progress=stages)
+        if texture and mesh.num_faces:
+            stages("texture")
+            mesh = bake_texture(mesh, lambda points: synthesizer.rgb(planes, points), resolution=texture_resolution)
+    stages.finish()  # after the memory is handed back, so the last stage's time includes that
     return Reconstruction(mesh=mesh, planes=planes)

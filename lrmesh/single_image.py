@@ -26,6 +26,7 @@ from torch import Tensor
 from lrmesh.cameras import OPENLRM_ORBIT_FRAMES, openlrm_orbit, openlrm_source_camera
 from lrmesh.errors import InputError, LrmeshError
 from lrmesh.geometry.mesh import Mesh
+from lrmesh.memory import keep_freed_memory
 from lrmesh.model.single_view import SingleViewLRM
 from lrmesh.photo import FOREGROUND_RATIO, default_u2net, read_photo
 from lrmesh.photo import prepare_photo as prepare_photo_rgba
@@ -84,14 +85,15 @@ def reconstruct_photo(model: SingleViewLRM, image: Tensor, mesh_resolution: int 
     device = next(model.parameters()).device
     stages = stages or Stages(device, show=False)
     camera = openlrm_source_camera(model.cfg.source_distance).to(device)
-    stages("encode")
-    with autocast(precision, device):
-        tokens = model.encode(image.to(device))
-        stages("transformer")
-        planes = model.transformer.upsample(model.transformer_tokens(tokens, camera)).float()
-    mesh = model.synthesizer.extract_mesh(planes, progress=stages, resolution=mesh_resolution,
-                                          threshold=mesh_threshold)
-    stages.finish()
+    with keep_freed_memory(device):  # the stages' large temporaries reuse memory (lrmesh.memory)
+        stages("encode")
+        with autocast(precision, device):
+            tokens = model.encode(image.to(device))
+            stages("transformer")
+            planes = model.transformer.upsample(model.transformer_tokens(tokens, camera)).float()
+        mesh = model.synthesizer.extract_mesh(planes, progress=stages, resolution=mesh_resolution,
+                                              threshold=mesh_threshold)
+    stages.finish()  # after the memory is handed back, so the last stage's time includes that
     return PhotoReconstruction(mesh=mesh, planes=planes)
 
 
