@@ -5,7 +5,9 @@ achieved TFLOP/s where the work is matrix products. Run it through bench/gpu.sh.
     bench/gpu.sh --dry      # the CPU, tiny sizes, seconds: tests/test_bench_gpu.py runs it so it cannot rot
 
 A row is a function in ROWS taking the sizes (REAL or DRY) and the device and returning a Result; add one there
-for a new component. Rows for components this branch does not have yet are listed in MISSING and printed as such.
+for a new component. In dry mode the OpenLRM row loads the openlrm-tiny fixture's release and the Zero123++ row
+builds the zero123pp-tiny fixture's UNet and VAE; on CUDA they are OpenLRM base v1.1 and Zero123++ v1.2 at their
+real sizes with random weights.
 In dry mode the memory column is the process's peak resident set (the CPU has no allocator peak).
 """
 
@@ -36,6 +38,8 @@ from lrmesh.reconstruct import reconstruct  # noqa: E402
 
 MIB = 2**20
 BUDGET_SECONDS = 8 * 60
+ROOT = Path(__file__).resolve().parents[1]
+ZERO123PP_STEPS = 2  # the second step is the row's figure (the first includes the warm-up)
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,20 @@ class Sizes:
     train_input: int  # input view side
     train_render: int  # supervised crop side
     train_grid: int  # stage-2 FlexiCubes grid
+    openlrm: str  # an OpenLRM preset (random weights), or a release folder with its source size after a colon
+    openlrm_mesh_resolution: int  # marching-cubes grid (384: OpenLRM's inference default)
+    zero123pp: str  # bench/views.py sizes: "real" (sudo-ai/zero123plus-v1.2's UNet and VAE) or "tiny"
+    zero123pp_dtype: torch.dtype
 
 
-REAL = Sizes("instant-mesh-large", "instant-nerf-large", 1024, 256, 2.0, 20000, (), 100, 200, 3, 320, 192, 128)
+REAL = Sizes("instant-mesh-large", "instant-nerf-large", 1024, 256, 2.0, 20000, (), 100, 200, 3, 320, 192, 128,
+             "openlrm-base-1.1", 384, "real", torch.float16)
 DRY = Sizes("tiny", "tiny-nerf", 32, 24, None, 2, (
     "geometry.grid.n_levels=4", "geometry.grid.log2_hashmap_size=12", "geometry.grid.base_resolution=8",
     "geometry.grid.start_level=4", "geometry.hidden_dim=16", "color.hidden_dim=16", "color.n_hidden_layers=1",
     "render.num_samples_per_ray=16", "render.occupancy_resolution=16", "render.rays_initial=64",
-    "render.rays_max=128", "render.target_samples=1024", "mesh.resolution=16"), 6, 32, 1, 64, 16, 16)
+    "render.rays_max=128", "render.target_samples=1024", "mesh.resolution=16"), 6, 32, 1, 64, 16, 16,
+    f"{ROOT}/tests/fixtures/openlrm-tiny/v11-sep:224", 32, "tiny", torch.float32)
 
 
 @dataclass
@@ -131,18 +141,56 @@ def train_row(stage: int) -> Callable[[Sizes, torch.device], Result]:
     return row
 
 
+def openlrm_row(sizes: Sizes, device: torch.device) -> Result:
+    """One photo through OpenLRM (bench/reconstruct.py's photo, its surface-making density shift), loaded model
+    -> mesh with vertex colours."""
+    from reconstruct import OPENLRM_PHOTO, _set_density_fraction  # bench/reconstruct.py
+
+    from lrmesh.config import openlrm_preset
+    from lrmesh.model.single_view import SingleViewLRM
+    from lrmesh.openlrm import load_openlrm
+    from lrmesh.single_image import load_photo, prepare_photo, reconstruct_photo
+
+    torch.manual_seed(0)
+    if sizes.openlrm.startswith("openlrm-"):
+        model = SingleViewLRM(openlrm_preset(sizes.openlrm)).eval()
+    else:
+        folder, source_size = sizes.openlrm.rsplit(":", 1)
+        model = load_openlrm(folder, source_size=int(source_size))
+    model = model.to(device).requires_grad_(False)
+    image = prepare_photo(load_photo(OPENLRM_PHOTO), model.cfg.source_size).to(device)
+    _set_density_fraction(model, image, 0.05)
+    with torch.no_grad():
+        if device.type == "cuda":
+            reconstruct_photo(model, image, sizes.openlrm_mesh_resolution)
+        stages = CountedStages(device, show=False)
+        with stages.counter:
+            reconstruct_photo(model, image, sizes.openlrm_mesh_resolution, stages=stages)
+    return Result(stages.total_seconds, stages.peak_bytes, sum(stages.flops.values()))
+
+
+def zero123pp_row(sizes: Sizes, device: torch.device) -> Result:
+    """One guided Zero123++ v1.2 step (bench/views.py: the UNet's write and read passes), after a warm-up step."""
+    from views import time_steps  # bench/views.py
+
+    _reset_peak(device)
+    with torch.no_grad():
+        times = time_steps(sizes.zero123pp, device, sizes.zero123pp_dtype, ZERO123PP_STEPS)
+    return Result(times.per_step[-1], times.sampling.peak_bytes)
+
+
 ROWS: dict[str, Callable[[Sizes, torch.device], Result]] = {
     "reconstruct mesh, vertex colours": reconstruct_row("mesh"),
     "reconstruct mesh, vertex colours, bf16": reconstruct_row("mesh", precision="bf16"),
     "reconstruct mesh, texture": reconstruct_row("mesh", texture=True),
     "reconstruct NeRF, vertex colours": reconstruct_row("nerf"),
     "reconstruct NeRF, texture": reconstruct_row("nerf", texture=True),
+    "OpenLRM base, one photo": openlrm_row,
+    "Zero123++ v1.2 step (random weights)": zero123pp_row,
     "fit NeuS (benchmark scene)": fit_row,
     "train stage 1 (NeRF), steps": train_row(1),
     "train stage 2 (mesh), steps": train_row(2),
 }
-# Benchmarks of components being built on other branches: add their rows to ROWS when they land.
-MISSING = ("OpenLRM base reconstruct", "Zero123++ v1.2 denoising step (real size, random weights)")
 
 
 def main() -> int:
@@ -169,8 +217,6 @@ def main() -> int:
             continue
         rate = f"{r.flops / r.seconds / 1e12:>10.3g}" if r.flops else f"{'-':>10}"  # 3 digits: dry runs are slow
         print(f"{row_name:<44}{r.seconds:>10.2f}{r.peak_bytes / MIB:>10.0f}{rate}", flush=True)
-    for row_name in MISSING:
-        print(f"{row_name:<44}  missing: not on this branch yet")
     total = time.perf_counter() - start
     print(f"total {total:.0f} s" + ("" if args.dry or total <= BUDGET_SECONDS else
                                     f" (over the {BUDGET_SECONDS // 60}-minute budget)"))

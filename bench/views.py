@@ -23,11 +23,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lrmesh.progress import Stages, bench_devices
+from lrmesh.progress import StageRecord, Stages, bench_devices
 from lrmesh.zero123pp.folder import Components, quiet_libraries
 from lrmesh.zero123pp.pipeline import Conditioning, Zero123pp
 
@@ -80,7 +81,15 @@ def _pixels(edge: int) -> dict:
             "image_std": 0.5}
 
 
-def run(size: str, device: torch.device, dtype: torch.dtype, steps: int) -> None:
+@dataclass
+class StepTimes:
+    per_step: list[float]  # seconds of each diffusion step (the first includes the warm-up)
+    sampling: StageRecord  # all steps: seconds and peak memory
+    decoding: StageRecord  # the VAE decode
+
+
+def time_steps(size: str, device: torch.device, dtype: torch.dtype, steps: int) -> StepTimes:
+    """`steps` guided diffusion steps and one VAE decode on random-weight components (`build`)."""
     components, width = build(size)
     mv = Zero123pp(components, device, dtype)
     rng = torch.Generator().manual_seed(0)
@@ -92,6 +101,8 @@ def run(size: str, device: torch.device, dtype: torch.dtype, steps: int) -> None
 
     def stamp(name: str, value: torch.Tensor) -> None:
         if name in ("init_latents", "latents_out"):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             marks.append(time.perf_counter())
 
     stages("steps")
@@ -100,12 +111,16 @@ def run(size: str, device: torch.device, dtype: torch.dtype, steps: int) -> None
     mv.decode(latents)
     stages.finish()
     sampling, decoding = stages.records
-    per_step = [b - a for a, b in zip(marks, marks[1:])]
+    return StepTimes([b - a for a, b in zip(marks, marks[1:])], sampling, decoding)
+
+
+def run(size: str, device: torch.device, dtype: torch.dtype, steps: int) -> None:
+    t = time_steps(size, device, dtype, steps)
     name = str(dtype).removeprefix("torch.")
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"{size:<5} {device.type:<5} {name:<9} step(s) {', '.join(f'{s:.1f}' for s in per_step)} s"
-          f"  (peak {sampling.peak_bytes / MIB:.0f} MiB{threads});  VAE decode {decoding.seconds:.1f} s"
-          f"  (peak {decoding.peak_bytes / MIB:.0f} MiB)", flush=True)
+    print(f"{size:<5} {device.type:<5} {name:<9} step(s) {', '.join(f'{s:.1f}' for s in t.per_step)} s"
+          f"  (peak {t.sampling.peak_bytes / MIB:.0f} MiB{threads});  VAE decode {t.decoding.seconds:.1f} s"
+          f"  (peak {t.decoding.peak_bytes / MIB:.0f} MiB)", flush=True)
 
 
 def main() -> None:

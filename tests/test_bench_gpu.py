@@ -16,13 +16,12 @@ def test_the_gpu_benchmark_runs_dry_on_the_cpu():
                           env=env, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     sys.path.insert(0, str(ROOT / "bench"))
-    from gpu import MISSING, ROWS
+    from gpu import ROWS
 
     lines = done.stdout.splitlines()
     for name in ROWS:
         row = next(line for line in lines if line.startswith(name))
         seconds, peak_mib = (float(x) for x in row[len(name):].split()[:2])
         assert seconds > 0 and peak_mib > 0, row
-    assert sum("missing: not on this branch yet" in line for line in lines) == len(MISSING)
     tflops = next(line for line in lines if line.startswith("reconstruct mesh, vertex colours ")).split()[-1]
     assert float(tflops) > 0  # the matrix work was counted
