@@ -71,7 +71,6 @@ class _Tables:
     num_vd: Tensor  # (256,)
     check: Tensor  # (256, 5) [is_ambiguous, dx, dy, dz, replacement case]
     cube_edges: Tensor  # (12, 2) corner pairs
-    corner_bits: Tensor  # (8,) 2**k, turns inside flags into a case id
 
 
 @cache
@@ -84,7 +83,6 @@ def _device_tables(device: torch.device) -> _Tables:
         num_vd=as_long(tables.NUM_VD_TABLE),
         check=as_long(tables.CHECK_TABLE),
         cube_edges=as_long(tables.CUBE_EDGES),
-        corner_bits=as_long([1 << k for k in range(NUM_CORNERS)]),
     )
 
 
@@ -119,9 +117,15 @@ def surface_cube_mask(sdf: Tensor, cubes: Tensor) -> Tensor:
 
 def normalize_weights(raw: Tensor, weight_scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """Raw (S, 21) network weights to beta (S, 12), alpha (S, 8) in 1 +- scale and gamma (S,) in (0, 1)."""
-    beta = torch.tanh(raw[:, BETA_COLUMNS]) * weight_scale + 1
-    alpha = torch.tanh(raw[:, ALPHA_COLUMNS]) * weight_scale + 1
-    gamma = torch.sigmoid(raw[:, GAMMA_COLUMN]) * weight_scale + (1 - weight_scale) / 2
+    # mul then add_ in place: one temporary fewer per tensor, and autograd keeps tanh's output intact.
+    beta = torch.tanh(raw[:, BETA_COLUMNS]).mul(weight_scale).add_(1)
+    alpha = torch.tanh(raw[:, ALPHA_COLUMNS]).mul(weight_scale).add_(1)
+    gamma = torch.sigmoid(raw[:, GAMMA_COLUMN]).mul(weight_scale).add_((1 - weight_scale) / 2)
+    return beta, alpha, gamma
+    # Inference: the same operations in place, one (S, k) tensor each instead of three.
+    beta = torch.tanh(raw[:, BETA_COLUMNS]).mul_(weight_scale).add_(1)
+    alpha = torch.tanh(raw[:, ALPHA_COLUMNS]).mul_(weight_scale).add_(1)
+    gamma = torch.sigmoid(raw[:, GAMMA_COLUMN]).mul_(weight_scale).add_((1 - weight_scale) / 2)
     return beta, alpha, gamma
 
 
@@ -132,7 +136,9 @@ def _case_ids(inside: Tensor, surface_ids: Tensor, res: int, tab: _Tables) -> Te
     replacement case. Neighbours are found by index arithmetic on the regular grid and a binary search among the
     ambiguous surface cubes, so nothing the size of the grid is allocated.
     """
-    case = (inside.long() * tab.corner_bits).sum(dim=-1)  # (S,)
+    case = inside[:, 0].long()  # (S,): corner k inside sets bit k (no (S, 8) int64 product)
+    for k in range(1, NUM_CORNERS):
+        case |= inside[:, k].long() << k
     check = tab.check[case]  # (S, 5)
     ambiguous = (check[:, 0] == 1).nonzero().squeeze(1)  # (P,) rows into the surface cubes
     if ambiguous.numel() == 0:
