@@ -39,6 +39,7 @@ from lrmesh.reconstruct import reconstruct  # noqa: E402
 MIB = 2**20
 BUDGET_SECONDS = 8 * 60
 ROOT = Path(__file__).resolve().parents[1]
+OPENLRM_INSIDE = 0.01  # grid fraction above the density threshold, as bench/reconstruct.py's OpenLRM runs
 ZERO123PP_STEPS = 2  # the second step is the row's figure (the first includes the warm-up)
 
 
@@ -159,7 +160,7 @@ def openlrm_row(sizes: Sizes, device: torch.device) -> Result:
         model = load_openlrm(folder, source_size=int(source_size))
     model = model.to(device).requires_grad_(False)
     image = prepare_photo(load_photo(OPENLRM_PHOTO), model.cfg.source_size).to(device)
-    _set_density_fraction(model, image, 0.05)
+    _set_density_fraction(model, image, OPENLRM_INSIDE)
     with torch.no_grad():
         if device.type == "cuda":
             reconstruct_photo(model, image, sizes.openlrm_mesh_resolution)
@@ -173,8 +174,7 @@ def zero123pp_row(sizes: Sizes, device: torch.device) -> Result:
     """One guided Zero123++ v1.2 step (bench/views.py: the UNet's write and read passes), after a warm-up step."""
     from views import time_steps  # bench/views.py
 
-    _reset_peak(device)
-    with torch.no_grad():
+    with torch.no_grad():  # time_steps' Stages measure its own peak
         times = time_steps(sizes.zero123pp, device, sizes.zero123pp_dtype, ZERO123PP_STEPS)
     return Result(times.per_step[-1], times.sampling.peak_bytes)
 

@@ -105,8 +105,6 @@ def main():
     ap.add_argument("--grid", required=True, help="Zero123++ multiview PNG (640 wide x 960 high)")
     ap.add_argument("--out", required=True, help="output .obj path")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--scale", type=float, default=1.0, help="run.py --scale (camera radius 4.0*scale)")
-    ap.add_argument("--view", type=int, default=6, choices=[4, 6])
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
 
@@ -159,15 +157,11 @@ def main():
     images = images[..., :3] if images.ndim == 3 and images.shape[-1] == 4 else images
     images = torch.from_numpy(images).permute(2, 0, 1).contiguous().float()  # (3, 960, 640)
     images = rearrange(images, "c (n h) (m w) -> (n m) c h w", n=3, m=2)  # (6, 3, 320, 320)
-    input_cameras = get_zero123plus_input_cameras(batch_size=1, radius=4.0 * args.scale).to(device)
+    input_cameras = get_zero123plus_input_cameras(batch_size=1, radius=4.0).to(device)
     images = images.unsqueeze(0).to(device)
     if images.shape[-2:] != (320, 320):
         raise SystemExit(f"expected a 640 x 960 grid of 320 x 320 views, got views of {tuple(images.shape[-2:])}")
     images = images.clamp(0, 1)
-    if args.view == 4:
-        indices = torch.tensor([0, 2, 4, 5]).long().to(device)
-        images = images[:, indices]
-        input_cameras = input_cameras[:, indices]
     t_inputs = time.perf_counter() - t0
 
     with torch.no_grad():

@@ -6,8 +6,8 @@ threshold of it lies at the top. A reconstruction allocates and frees tensors of
 again (FlexiCubes' arrays over a million surface cubes, the transformer's 48 MiB MLP activations in each of its 16
 blocks), and each comes back as fresh pages that the kernel faults in and zeroes 4 KiB at a time. On the 2-core CI
 machine (a virtual machine, where a page the guest has not touched before costs the host a fault as well) that
-was half of FlexiCubes' time on a 2-million-face surface: 3.5 s against 2.0 s kept, means of three alternating
-runs of the stress case of bench/reconstruct.py, the other stages within their run-to-run spread.
+was a third of FlexiCubes' time on a 2-million-face surface: 3.90 s against 2.49 s kept, and 32.3 s against
+28.7 s for the whole reconstruction (bench/memory.py, means of three alternating pairs of fresh processes).
 
 `keep_freed_memory` raises both thresholds while the work runs, so freed blocks are reused, and on the way out
 sets them to the values glibc's adaptive mode settles at after large frees (32 MiB, 64 MiB) and hands the unused

@@ -122,11 +122,6 @@ def normalize_weights(raw: Tensor, weight_scale: float) -> tuple[Tensor, Tensor,
     alpha = torch.tanh(raw[:, ALPHA_COLUMNS]).mul(weight_scale).add_(1)
     gamma = torch.sigmoid(raw[:, GAMMA_COLUMN]).mul(weight_scale).add_((1 - weight_scale) / 2)
     return beta, alpha, gamma
-    # Inference: the same operations in place, one (S, k) tensor each instead of three.
-    beta = torch.tanh(raw[:, BETA_COLUMNS]).mul_(weight_scale).add_(1)
-    alpha = torch.tanh(raw[:, ALPHA_COLUMNS]).mul_(weight_scale).add_(1)
-    gamma = torch.sigmoid(raw[:, GAMMA_COLUMN]).mul_(weight_scale).add_((1 - weight_scale) / 2)
-    return beta, alpha, gamma
 
 
 def _case_ids(inside: Tensor, surface_ids: Tensor, res: int, tab: _Tables) -> Tensor:
